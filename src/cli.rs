@@ -1,0 +1,57 @@
+//! The command line (SPEC §6). Bad arguments print one line and exit 2.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "interest-now",
+    version,
+    about = "Receive interest now: per-second accrual, claims and payouts"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the money engine over a script of events (no database, no broker).
+    Simulate {
+        /// Rate plans JSON (the format `plans import` loads); the first plan is the default.
+        #[arg(long)]
+        plans: PathBuf,
+        /// Events as JSON Lines: snapshot, claim, settle and query events in time order.
+        #[arg(long)]
+        events: PathBuf,
+        /// Credit each payout's net into the balance at the payout instant, as core banking would.
+        #[arg(long)]
+        credit_net: bool,
+        /// Successful claims allowed per account per business date.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        claims_per_day: u32,
+    },
+}
+
+/// Parses the arguments; on a usage error prints one line and exits 2.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad arguments");
+            eprintln!("{first} (see --help)");
+            std::process::exit(2);
+        }
+    }
+}
