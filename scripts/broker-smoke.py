@@ -276,6 +276,35 @@ def check_produce_consume():
     return sent_a
 
 
+def check_compression():
+    codecs = ["gzip", "snappy", "lz4", "zstd"]
+    ok, bad = [], []
+    consumer = Consumer(consumer_conf(f"smoke-codec-{RUN}"))
+    for codec in codecs:
+        try:
+            producer = Producer(producer_conf(**{"compression.type": codec}))
+            sent = produce_batch(producer, TOPIC_B, [f"codec-{codec}-{i}" for i in range(5)], codec)
+            want = {(p, o) for p, o in sent.values()}
+            starts = {}
+            for p, o in want:
+                starts[p] = min(o, starts.get(p, o))
+            consumer.assign([TopicPartition(TOPIC_B, p, o) for p, o in starts.items()])
+            got = set()
+
+            def step():
+                msg = consumer.poll(0.5)
+                if msg is not None and not msg.error() and (msg.partition(), msg.offset()) in want:
+                    if msg.value() == f"{codec}:{msg.key().decode()}".encode():
+                        got.add((msg.partition(), msg.offset()))
+
+            (ok if wait_until(lambda: got >= want, 20, step) else bad).append(codec)
+        except Exception as e:  # noqa: BLE001
+            bad.append(f"{codec} ({e})")
+    consumer.close()
+    name = "2b compressed produce/consume"
+    record("FAIL" if bad else "PASS", name, f"ok: {', '.join(ok)}" + (f"; failed: {', '.join(bad)}" if bad else ""))
+
+
 def check_cooperative_group():
     group = f"smoke-coop-{RUN}"
     total = 2 * PARTITIONS
@@ -379,7 +408,6 @@ def check_commit(sent_a):
 
     # A fresh message must be the only one delivered (consumption resumes at the commit).
     producer = Producer(producer_conf())
-    produce_batch(producer, TOPIC_A, [f"after-commit-{RUN}"], f"{RUN}-c")
     seen = []
 
     def step2():
@@ -387,7 +415,12 @@ def check_commit(sent_a):
         if msg is not None and not msg.error():
             seen.append(msg.key().decode())
 
+    for _ in range(4):  # let the member settle into fetching before the latency probe
+        step2()
+    started = time.monotonic()
+    produce_batch(producer, TOPIC_A, [f"after-commit-{RUN}"], f"{RUN}-c")
     wait_until(lambda: f"after-commit-{RUN}" in seen, 20, step2)
+    note(f"produce-to-group-consumer latency {time.monotonic() - started:.2f}s")
     c.close()
     if seen != [f"after-commit-{RUN}"]:
         problems.append(f"after re-join got {seen[:5]}{'...' if len(seen) > 5 else ''}")
@@ -521,6 +554,7 @@ def main():
     checks = [
         ("1", check_metadata),
         ("2", lambda: state.update(sent_a=check_produce_consume())),
+        ("2b", check_compression),
         ("3", check_cooperative_group),
         ("4", lambda: check_commit(state["sent_a"])),
         ("5", check_transactions),

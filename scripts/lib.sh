@@ -28,8 +28,10 @@ KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_PARTITIONS="${KAFKA_PARTITIONS:-12}"
 KAFKA_TOPIC_PREFIX="${KAFKA_TOPIC_PREFIX:-}"
 # How long an empty consumer group waits for more members before its first
-# rebalance (Kafka's group.initial.rebalance.delay.ms; nisshi's default is 3s).
-KAFKA_GROUP_INITIAL_REBALANCE_DELAY="${KAFKA_GROUP_INITIAL_REBALANCE_DELAY:-3s}"
+# rebalance (Kafka's group.initial.rebalance.delay.ms). nisshi's and Kafka's
+# default is 3s; 0s (as in most dev/test setups) lets each new group's first
+# consumer get its partitions at once instead of after 3s.
+KAFKA_GROUP_INITIAL_REBALANCE_DELAY="${KAFKA_GROUP_INITIAL_REBALANCE_DELAY:-0s}"
 
 # The topics the service uses (KAFKA_TOPIC_PREFIX is prepended to each).
 KAFKA_TOPICS=(balance-snapshots balance-snapshots.dlq interest-claims interest-payouts)

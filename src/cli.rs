@@ -32,6 +32,27 @@ pub enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         claims_per_day: u32,
     },
+    /// Run the service: the HTTP API, the partition worker, or both.
+    Serve {
+        #[arg(long, value_enum, default_value = "all")]
+        role: crate::app::Role,
+    },
+    /// Apply the SQL migrations under migrations/.
+    Migrate,
+    /// Manage rate plans.
+    Plans {
+        #[command(subcommand)]
+        command: PlansCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// Load rate plans (JSON) into the database; refuses retroactive changes.
+    Import {
+        /// The plans file: {"plans":[...]}.
+        file: PathBuf,
+    },
 }
 
 /// Parses the arguments; on a usage error prints one line and exits 2.

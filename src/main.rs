@@ -1,42 +1,33 @@
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
 use std::process::ExitCode;
 
-use interest_now::cli::{self, Command};
-use interest_now::money::{PlanFile, Plans};
-use interest_now::simulate;
+use interest_now::cli::{self, Command, PlansCommand};
+use interest_now::commands::{self, finish, EXIT_USAGE};
+use interest_now::config::Settings;
+use interest_now::{app, simulate, telemetry};
 
 fn main() -> ExitCode {
     let cli = cli::parse();
-    match cli.command {
-        Command::Simulate {
-            plans,
-            events,
-            credit_net,
-            claims_per_day,
-        } => {
-            let run = || -> anyhow::Result<()> {
-                let text = std::fs::read_to_string(&plans).map_err(|e| anyhow::anyhow!("{}: {e}", plans.display()))?;
-                let plans = Plans::new(PlanFile::parse(&text)?, None)?;
-                let events = File::open(&events).map_err(|e| anyhow::anyhow!("{}: {e}", events.display()))?;
-                let out = BufWriter::new(std::io::stdout().lock());
-                simulate::run(
-                    plans,
-                    BufReader::new(events),
-                    out,
-                    simulate::Options {
-                        credit_net,
-                        claims_per_day,
-                    },
-                )
-            };
-            match run() {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(2)
-                }
+    if let Command::Simulate { plans, events, credit_net, claims_per_day } = &cli.command {
+        let opts = simulate::Options { credit_net: *credit_net, claims_per_day: *claims_per_day };
+        return finish(commands::simulate(plans, events, opts), EXIT_USAGE);
+    }
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    telemetry::init_logs();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Simulate { .. } => unreachable!("handled above"),
+            Command::Serve { role } => finish(app::serve(settings, role).await, 1),
+            Command::Migrate => finish(commands::migrate(&settings).await, 1),
+            Command::Plans { command: PlansCommand::Import { file } } => {
+                finish(commands::import_plans(&settings, &file).await, 1)
             }
         }
-    }
+    })
 }

@@ -113,7 +113,7 @@ Environment shared by every container. Secrets only by reference.
 Call with (dict "ctx" $ "apiTokens" true) to add API_TOKENS (API pods only).
 */}}
 {{- define "interest-now.env" -}}
-{{- $v := .ctx.Values }}
+{{- $v := .ctx.Values -}}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -200,7 +200,7 @@ Soft/hard spread of one component's pods. Call with (dict "ctx" $ "component" "a
 */}}
 {{- define "interest-now.topologySpread" -}}
 {{- $t := .ctx.Values.topologySpread }}
-{{- if $t.enabled }}
+{{- if $t.enabled -}}
 topologySpreadConstraints:
   - maxSkew: {{ $t.maxSkew }}
     topologyKey: {{ $t.topologyKey }}
@@ -246,7 +246,7 @@ Pod template for Jobs and CronJobs. Call with
       "serviceAccountName" "..." "configMap" "" "restartPolicy" "Never").
 */}}
 {{- define "interest-now.jobPod" -}}
-{{- $ctx := .ctx }}
+{{- $ctx := .ctx -}}
 metadata:
   labels:
     {{- include "interest-now.componentLabels" (dict "ctx" $ctx "component" .component) | nindent 4 }}

@@ -1,0 +1,387 @@
+//! The HTTP API (SPEC §5). A claim's path: validate → one clock reading →
+//! produce to `interest-claims` (durable once acknowledged) → wait for the
+//! owning worker's answer (PostgreSQL NOTIFY) up to `CLAIM_WAIT_MS` → 201 or
+//! the stored problem, else 202 with `Location`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use rdkafka::producer::FutureProducer;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use tokio::sync::{oneshot, Semaphore};
+use uuid::Uuid;
+
+use crate::config::{Clock, Settings};
+use crate::kafka::{self, ClaimMessage};
+use crate::money::types::{business_date, format_instant};
+use crate::money::{AccountId, IdempotencyKey, Plans};
+use crate::problem::problem;
+use crate::repo::{self, ClaimRecord, CLAIM_DONE_CHANNEL};
+use crate::telemetry::Metrics;
+
+/// Largest request body accepted on any route.
+pub const REQUEST_BODY_BYTES_MAX: usize = 1024;
+/// Seconds a client should wait after a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+pub struct ApiInner {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub plans: Arc<RwLock<Arc<Plans>>>,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    pub waiters: Mutex<HashMap<Uuid, oneshot::Sender<ClaimRecord>>>,
+    pub in_flight: Arc<Semaphore>,
+    pub keys_in_flight: Mutex<HashSet<String>>,
+    pub db_healthy: AtomicBool,
+    pub accepting: AtomicBool,
+}
+
+pub type ApiState = Arc<ApiInner>;
+
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/accounts/{account_id}/interest", get(get_interest))
+        .route("/v1/accounts/{account_id}/interest/claims", post(post_claim))
+        .route("/v1/claims/{claim_id}", get(get_claim))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    v1.fallback(|| async { problem_response("not_found", 404, "no such route") })
+        .method_not_allowed_fallback(|| async { problem_response("method_not_allowed", 405, "method not allowed here") })
+        .with_state(state)
+}
+
+/// A problem+json response.
+pub fn problem_response(code: &str, status: u16, detail: impl Into<String>) -> Response {
+    json_response(status, problem(code, status, detail), false)
+}
+
+fn json_response(status: u16, body: Value, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+    let mut resp = (status, [(header::CONTENT_TYPE, content_type)], body.to_string()).into_response();
+    if replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    }
+    resp
+}
+
+/// Bearer-token check; every token is compared in constant time, and all of
+/// them are compared, so timing tells nothing. Tokens are never logged.
+async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::as_bytes);
+    let ok = presented.is_some_and(|p| {
+        state.settings.api_tokens.iter().fold(0u8, |acc, t| acc | t.expose_secret().as_bytes().ct_eq(p).unwrap_u8()) == 1
+    });
+    if !ok {
+        state.metrics.claims_total.with_label_values(&["unauthorized"]).inc();
+        let mut resp = problem_response("unauthorized", 401, "a valid bearer token is required");
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    next.run(req).await
+}
+
+fn parse_account(raw: &str) -> Result<AccountId, Response> {
+    AccountId::try_from(raw).map_err(|e| problem_response("invalid_account_id", 400, e.detail))
+}
+
+async fn get_interest(State(state): State<ApiState>, Path(raw): Path<String>) -> Response {
+    let id = match parse_account(&raw) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let now = state.clock.now();
+    let plans = state.plans.read().expect("plans").clone();
+    let loaded = async {
+        let mut conn = state.pool.acquire().await?;
+        repo::load_accounts(&mut conn, &[id.to_string()], now, false).await
+    }
+    .await;
+    match loaded {
+        Err(e) => {
+            tracing::warn!(event = "view_failed", error = format!("{e:#}"));
+            problem_response("unavailable", 503, "the database is unavailable")
+        }
+        Ok(mut found) => match found.remove(id.as_str()) {
+            None => problem_response("unknown_account", 404, format!("no account {id}")),
+            Some(acc) => {
+                let view = acc.view(&plans, now, state.settings.claims_per_day);
+                json_response(200, view.to_json(&acc.id, acc.currency), false)
+            }
+        },
+    }
+}
+
+/// Removes the key from the in-flight set when the request ends, however it ends.
+struct KeyGuard<'a> {
+    state: &'a ApiInner,
+    key: String,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        self.state.keys_in_flight.lock().expect("keys").remove(&self.key);
+    }
+}
+
+/// Checks the body: empty, or a JSON object of at most `REQUEST_BODY_BYTES_MAX` bytes.
+async fn check_body(headers: &HeaderMap, body: Body) -> Result<(), Response> {
+    let bytes: Bytes = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| problem_response("body_too_large", 413, format!("at most {REQUEST_BODY_BYTES_MAX} bytes")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !is_json {
+        return Err(problem_response("unsupported_media_type", 415, "send application/json or no body"));
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(_)) => Ok(()),
+        _ => Err(problem_response("invalid_body", 400, "the body must be a JSON object")),
+    }
+}
+
+async fn post_claim(State(state): State<ApiState>, Path(raw): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let resp = claim(&state, &raw, &headers, body).await;
+    let outcome = match resp.status().as_u16() {
+        201 => "paid",
+        202 => "accepted",
+        _ => resp.extensions().get::<Outcome>().map(|o| o.0).unwrap_or("error"),
+    };
+    state.metrics.claims_total.with_label_values(&[outcome]).inc();
+    state.metrics.claim_duration_seconds.with_label_values(&["api"]).observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The problem code of a response, for the metric label.
+#[derive(Clone, Copy)]
+struct Outcome(&'static str);
+
+fn refuse(code: &'static str, status: u16, detail: impl Into<String>) -> Response {
+    let mut r = problem_response(code, status, detail);
+    r.extensions_mut().insert(Outcome(code));
+    r
+}
+
+async fn claim(state: &ApiInner, raw: &str, headers: &HeaderMap, body: Body) -> Response {
+    let account = match parse_account(raw) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = match IdempotencyKey::try_from(key) {
+        Ok(k) => k,
+        Err(e) => return refuse("idempotency_key_invalid", 400, e.detail),
+    };
+    if let Err(r) = check_body(headers, body).await {
+        return r;
+    }
+    if !state.accepting.load(Ordering::Relaxed) || !state.db_healthy.load(Ordering::Relaxed) {
+        return refuse("unavailable", 503, "not accepting claims right now");
+    }
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return refuse("overloaded", 503, "too many claims in flight");
+    };
+    if !state.keys_in_flight.lock().expect("keys").insert(key.as_str().to_owned()) {
+        return refuse("claim_in_progress", 409, "a request with this Idempotency-Key is still in flight");
+    }
+    let _guard = KeyGuard { state, key: key.as_str().to_owned() };
+    // The claim's instant: one clock reading, here, whatever happens later.
+    let accepted_at = state.clock.now();
+    let claim_id = Uuid::now_v7();
+    let (tx, rx) = oneshot::channel();
+    state.waiters.lock().expect("waiters").insert(claim_id, tx);
+    let waited = wait_for_answer(state, claim_id, &account, &key, accepted_at, rx).await;
+    state.waiters.lock().expect("waiters").remove(&claim_id);
+    waited
+}
+
+async fn wait_for_answer(
+    state: &ApiInner,
+    claim_id: Uuid,
+    account: &AccountId,
+    key: &IdempotencyKey,
+    accepted_at: DateTime<Utc>,
+    rx: oneshot::Receiver<ClaimRecord>,
+) -> Response {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(state.settings.claim_wait_ms);
+    let msg = ClaimMessage::Claim {
+        claim_id,
+        account_id: account.to_string(),
+        idempotency_key: key.as_str().to_owned(),
+        accepted_at,
+    };
+    let payload = serde_json::to_vec(&msg).expect("serializable");
+    let topic = state.settings.topic(kafka::CLAIMS);
+    let sent = tokio::time::timeout_at(deadline, kafka::send(&state.producer, &topic, account.as_str(), &payload, None)).await;
+    match sent {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(event = "claim_not_queued", error = %e);
+            return refuse("overloaded", 503, "the claim could not be queued; it was not accepted");
+        }
+        Err(_) => {
+            // Still in the producer: it may yet be delivered, so the claim is
+            // accepted; record it so GET /v1/claims/{id} can follow it.
+            return accepted(state, claim_id, account, key, accepted_at).await;
+        }
+    }
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(record)) => answer(record),
+        _ => accepted(state, claim_id, account, key, accepted_at).await,
+    }
+}
+
+fn answer(record: ClaimRecord) -> Response {
+    let status = record.status.unwrap_or(500) as u16;
+    let mut resp = json_response(status, record.body.unwrap_or(Value::Null), record.replayed);
+    if status >= 400 {
+        let code = match status {
+            404 => "unknown_account",
+            409 => "conflict",
+            _ => "unprocessable",
+        };
+        resp.extensions_mut().insert(Outcome(code));
+    }
+    resp
+}
+
+/// 202: durable, not finished. Last look first: the answer may have just landed.
+async fn accepted(state: &ApiInner, claim_id: Uuid, account: &AccountId, key: &IdempotencyKey, at: DateTime<Utc>) -> Response {
+    if let Ok(mut found) = repo::load_claims(&state.pool, &[claim_id]).await {
+        if let Some(done) = found.pop().filter(|r| r.state == "done") {
+            return answer(done);
+        }
+    }
+    let day = business_date(at);
+    if let Err(e) = repo::insert_accepted_claim(&state.pool, claim_id, key.as_str(), account.as_str(), at, day).await {
+        tracing::warn!(event = "accepted_claim_not_recorded", error = format!("{e:#}"));
+    }
+    let body = json!({
+        "claim_id": claim_id, "account_id": account, "state": "accepted",
+        "accepted_at": format_instant(at), "status": null, "payout": null, "problem": null,
+    });
+    let mut resp = json_response(202, body, false);
+    let location = format!("/v1/claims/{claim_id}");
+    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"));
+    resp
+}
+
+async fn get_claim(State(state): State<ApiState>, Path(raw): Path<String>) -> Response {
+    let Ok(id) = Uuid::parse_str(&raw) else {
+        return problem_response("invalid_claim_id", 400, "claim ids are UUIDs");
+    };
+    match repo::load_claims(&state.pool, &[id]).await {
+        Err(_) => problem_response("unavailable", 503, "the database is unavailable"),
+        Ok(mut v) => match v.pop() {
+            None => problem_response("unknown_claim", 404, "no such claim"),
+            Some(r) => {
+                let (payout, problem) = match (r.status, &r.body) {
+                    (Some(201), Some(b)) => (b.clone(), Value::Null),
+                    (Some(_), Some(b)) => (Value::Null, b.clone()),
+                    _ => (Value::Null, Value::Null),
+                };
+                let body = json!({
+                    "claim_id": r.claim_id, "account_id": r.account_id, "state": r.state,
+                    "accepted_at": format_instant(r.accepted_at), "status": r.status,
+                    "payout": payout, "problem": problem,
+                });
+                json_response(200, body, false)
+            }
+        },
+    }
+}
+
+/// Delivers workers' answers to the requests waiting in this process.
+pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&state.pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(event = "listener_connect_failed", error = %e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if listener.listen(CLAIM_DONE_CHANNEL).await.is_err() {
+            continue;
+        }
+        loop {
+            let n = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = listener.try_recv() => n,
+            };
+            let n = match n {
+                Ok(Some(n)) => n,
+                // Connection lost: reconnect; waiters that miss their answer re-check before a 202.
+                Ok(None) | Err(_) => break,
+            };
+            let wanted: Vec<Uuid> = {
+                let waiters = state.waiters.lock().expect("waiters");
+                n.payload().split(',').filter_map(|s| Uuid::parse_str(s).ok()).filter(|id| waiters.contains_key(id)).collect()
+            };
+            if !wanted.is_empty() {
+                let state = state.clone();
+                tokio::spawn(async move { deliver(&state, &wanted).await });
+            }
+        }
+    }
+}
+
+async fn deliver(state: &ApiInner, ids: &[Uuid]) {
+    match repo::load_claims(&state.pool, ids).await {
+        Ok(records) => {
+            let mut waiters = state.waiters.lock().expect("waiters");
+            for r in records {
+                if let Some(tx) = waiters.remove(&r.claim_id) {
+                    let _ = tx.send(r);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(event = "answer_fetch_failed", error = format!("{e:#}")),
+    }
+}
+
+/// Keeps `db_healthy` current so claims get a fast 503 while the database is away.
+pub async fn watch_database(state: ApiState, shutdown: tokio_util::sync::CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let ok = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&state.pool))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if ok != state.db_healthy.swap(ok, Ordering::Relaxed) {
+            tracing::warn!(event = "database_health", healthy = ok);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

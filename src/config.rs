@@ -1,0 +1,121 @@
+//! Typed configuration from the environment (SPEC §8), loaded once.
+//! Unknown or malformed values stop start-up with a one-line reason.
+
+use std::net::SocketAddr;
+
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: SecretString,
+    pub kafka_brokers: String,
+    pub kafka_group_id: String,
+    pub kafka_topic_prefix: String,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub api_tokens: Vec<SecretString>,
+    pub default_plan: Option<String>,
+    pub claims_per_day: u32,
+    pub claim_wait_ms: u64,
+    pub clock_offset_seconds: i64,
+    /// Claims one API process holds open at once; past this it answers 503.
+    pub claims_in_flight_max: usize,
+    /// Messages one worker transaction applies at most.
+    pub worker_batch_size_max: usize,
+}
+
+/// A configuration problem, as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn var(name: &str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => Ok(Some(v.trim().to_owned())),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError(format!("{name} is not valid UTF-8"))),
+    }
+}
+
+fn parsed<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ConfigError> {
+    match var(name)? {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| ConfigError(format!("{name}={v:?} is malformed"))),
+    }
+}
+
+fn required(name: &str) -> Result<String, ConfigError> {
+    var(name)?.ok_or_else(|| ConfigError(format!("{name} is required")))
+}
+
+impl Settings {
+    /// What every command needs: the database.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        let database_url = required("DATABASE_URL")?;
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            return Err(ConfigError("DATABASE_URL must be a postgres:// URL".into()));
+        }
+        let api_tokens: Vec<SecretString> = var("API_TOKENS")?
+            .map(|v| v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| SecretString::from(t.to_owned())).collect())
+            .unwrap_or_default();
+        let claims_per_day: u32 = parsed("CLAIMS_PER_DAY", 1)?;
+        if claims_per_day == 0 {
+            return Err(ConfigError("CLAIMS_PER_DAY must be at least 1".into()));
+        }
+        let claim_wait_ms: u64 = parsed("CLAIM_WAIT_MS", 2000)?;
+        if claim_wait_ms > 60_000 {
+            return Err(ConfigError("CLAIM_WAIT_MS must be at most 60000".into()));
+        }
+        let prefix = var("KAFKA_TOPIC_PREFIX")?.unwrap_or_default();
+        if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(ConfigError("KAFKA_TOPIC_PREFIX may only hold [A-Za-z0-9._-]".into()));
+        }
+        if let Some(level) = var("RUST_LOG")? {
+            tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| ConfigError(format!("RUST_LOG={level:?}: {e}")))?;
+        }
+        Ok(Settings {
+            database_url: SecretString::from(database_url),
+            kafka_brokers: var("KAFKA_BROKERS")?.unwrap_or_else(|| "127.0.0.1:9092".into()),
+            kafka_group_id: var("KAFKA_GROUP_ID")?.unwrap_or_else(|| "interest-now".into()),
+            kafka_topic_prefix: prefix,
+            http_addr: parsed("HTTP_ADDR", "0.0.0.0:8080".parse().expect("literal"))?,
+            admin_addr: parsed("ADMIN_ADDR", "0.0.0.0:9090".parse().expect("literal"))?,
+            api_tokens,
+            default_plan: var("DEFAULT_PLAN")?,
+            claims_per_day,
+            claim_wait_ms,
+            clock_offset_seconds: parsed("CLOCK_OFFSET_SECONDS", 0)?,
+            claims_in_flight_max: parsed("CLAIMS_IN_FLIGHT_MAX", 20_000)?,
+            worker_batch_size_max: parsed("WORKER_BATCH_SIZE_MAX", 2_000)?,
+        })
+    }
+
+    /// The service additionally needs tokens for the API.
+    pub fn require_api_tokens(&self) -> Result<(), ConfigError> {
+        if self.api_tokens.is_empty() {
+            return Err(ConfigError("API_TOKENS is required for the API role".into()));
+        }
+        Ok(())
+    }
+
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{}", self.kafka_topic_prefix, name)
+    }
+}
+
+/// The service's clock: the system clock plus `CLOCK_OFFSET_SECONDS`.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    offset: chrono::Duration,
+}
+
+impl Clock {
+    pub fn new(offset_seconds: i64) -> Self {
+        Self { offset: chrono::Duration::seconds(offset_seconds) }
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.offset
+    }
+}
