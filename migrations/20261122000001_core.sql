@@ -31,6 +31,7 @@ CREATE TABLE balance_points (
     as_of       timestamptz NOT NULL,
     balance     numeric NOT NULL CHECK (balance >= 0),   -- major units of the account currency
     plan_id     text NOT NULL,
+    received_at timestamptz NOT NULL,   -- service clock when the worker applied it (close-day's knowledge cut)
     PRIMARY KEY (account_id, seq)
 );
 CREATE INDEX balance_points_as_of ON balance_points (account_id, as_of);
@@ -80,13 +81,21 @@ CREATE TABLE interest_payouts (
     adjustment       numeric NOT NULL,
     net              numeric NOT NULL CHECK (net >= 0),
     currency         text NOT NULL,
+    -- The exact decomposition, in accrual units (1/13850611200000000000 of a minor unit):
+    -- gross * minor_per_major * D + carried_out + dropped = accrued + carried_in.
+    accrued_units      numeric(40, 0) NOT NULL,     -- interest of [period_start, period_end)
+    carried_in_units   numeric(40, 0) NOT NULL,     -- carry and corrections brought into this payout
+    carried_out_units  numeric(40, 0) NOT NULL CHECK (carried_out_units >= 0),  -- remainder kept (carry rule)
+    dropped_units      numeric(40, 0) NOT NULL CHECK (dropped_units >= 0),      -- remainder dropped (drop rule)
     idempotency_key  text,
     accepted_at      timestamptz NOT NULL,
     paid_at          timestamptz NOT NULL DEFAULT now(),
     CHECK (period_end >= period_start),
     CHECK (net = gross - income_tax - local_tax - rural_tax),
     CHECK (currency <> 'KRW' OR (income_tax % 10 = 0 AND local_tax % 10 = 0 AND rural_tax % 10 = 0)),
-    CHECK ((kind = 'claim') = (claim_id IS NOT NULL AND idempotency_key IS NOT NULL))
+    CHECK ((kind = 'claim') = (claim_id IS NOT NULL AND idempotency_key IS NOT NULL)),
+    CHECK (currency <> 'KRW'
+           OR gross * 13850611200000000000 + carried_out_units + dropped_units = accrued_units + carried_in_units)
 );
 CREATE INDEX interest_payouts_date ON interest_payouts (business_date, kind);
 CREATE INDEX interest_payouts_account ON interest_payouts (account_id, period_start);

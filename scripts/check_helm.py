@@ -390,22 +390,26 @@ def check_cron_wrappers(docs: list[tuple[str, dict[str, Any]]]) -> int:
     runs = 0
     crons = {component(d): d for _, d in docs if d.get("kind") == "CronJob"}
     with tempfile.TemporaryDirectory() as tmp:
-        stub = Path(tmp)
-        (stub / "date").write_text(
-            f'#!/bin/sh\nif [ "$#" -eq 1 ] && [ "$1" = "+%s" ]; then echo "$FAKE_NOW"; exit 0; fi\nexec {real_date} "$@"\n')
-        (stub / "interest-now").write_text('#!/bin/sh\necho "ARGS $*"\n')
-        for f in stub.iterdir():
-            f.chmod(0o755)
-        for comp, cases in CRON_CASES.items():
-            cj = crons.get(comp)
-            if not check(cj is not None, f"cron wrappers: CronJob {comp} not rendered"):
-                continue
-            c = dig(pod_spec(cj), "containers", 0)
-            command, args = c.get("command") or [], c.get("args") or []
-            check(command[-1:] == ["-c"] and len(args) == 1, f"cron wrappers: {comp} must be `<shell> -c <script>`")
-            script = args[0]
-            for shell in shells:
-                argv = [shell, "sh", "-c", script] if shell.endswith("busybox") else [shell, "-c", script]
+        for shell in shells:
+            # Under busybox, `date` is busybox's own applet too (the image may be busybox-based).
+            busybox = shell.endswith("busybox")
+            stub = Path(tmp) / Path(shell).name
+            stub.mkdir()
+            date_cmd = f"{shell} date" if busybox else real_date
+            (stub / "date").write_text(
+                f'#!/bin/sh\nif [ "$#" -eq 1 ] && [ "$1" = "+%s" ]; then echo "$FAKE_NOW"; exit 0; fi\nexec {date_cmd} "$@"\n')
+            (stub / "interest-now").write_text('#!/bin/sh\necho "ARGS $*"\n')
+            for f in stub.iterdir():
+                f.chmod(0o755)
+            for comp, cases in CRON_CASES.items():
+                cj = crons.get(comp)
+                if not check(cj is not None, f"cron wrappers: CronJob {comp} not rendered"):
+                    continue
+                c = dig(pod_spec(cj), "containers", 0)
+                command, args = c.get("command") or [], c.get("args") or []
+                if not check(command[-1:] == ["-c"] and len(args) == 1, f"cron wrappers: {comp} must be `<shell> -c <script>`"):
+                    continue
+                argv = [shell, "sh", "-c", args[0]] if busybox else [shell, "-c", args[0]]
                 for now, want in cases:
                     env = {"PATH": f"{stub}:{os.environ.get('PATH', '/usr/bin:/bin')}", "FAKE_NOW": str(kst_epoch(now)),
                            "TZ": "UTC"}

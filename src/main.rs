@@ -9,7 +9,14 @@ fn main() -> ExitCode {
     let cli = cli::parse();
     if let Command::Simulate { plans, events, credit_net, claims_per_day } = &cli.command {
         let opts = simulate::Options { credit_net: *credit_net, claims_per_day: *claims_per_day };
-        return finish(commands::simulate(plans, events, opts), EXIT_USAGE);
+        // Script errors read `line N: <reason>`, with nothing in front.
+        return match commands::simulate(plans, events, opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e:#}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
     }
     let settings = match Settings::from_env() {
         Ok(s) => s,

@@ -280,7 +280,11 @@ pub async fn store_accounts(tx: &mut Tx<'_>, accounts: &[&Account]) -> anyhow::R
 }
 
 /// Inserts new timeline points: (account, point, currency).
-pub async fn insert_points(tx: &mut Tx<'_>, points: &[(String, Point, Currency)]) -> anyhow::Result<()> {
+pub async fn insert_points(
+    tx: &mut Tx<'_>,
+    points: &[(String, Point, Currency)],
+    received_at: DateTime<Utc>,
+) -> anyhow::Result<()> {
     if points.is_empty() {
         return Ok(());
     }
@@ -290,15 +294,16 @@ pub async fn insert_points(tx: &mut Tx<'_>, points: &[(String, Point, Currency)]
     let balance: Vec<String> = points.iter().map(|(_, p, c)| c.to_decimal(p.balance).to_string()).collect();
     let plan: Vec<&str> = points.iter().map(|(_, p, _)| p.plan.as_str()).collect();
     sqlx::query(
-        "INSERT INTO balance_points (account_id, seq, as_of, balance, plan_id)
-         SELECT id, seq, ts, bal::numeric, plan FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[])
-           AS t(id, seq, ts, bal, plan)",
+        "INSERT INTO balance_points (account_id, seq, as_of, balance, plan_id, received_at)
+         SELECT id, seq, ts, bal::numeric, plan, $6
+         FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[]) AS t(id, seq, ts, bal, plan)",
     )
     .bind(ids)
     .bind(seqs)
     .bind(as_of)
     .bind(balance)
     .bind(plan)
+    .bind(received_at)
     .execute(&mut **tx)
     .await
     .context("inserting balance points")?;
@@ -435,13 +440,14 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
     };
     sqlx::query(
         "INSERT INTO interest_payouts (payout_id, claim_id, account_id, kind, business_date, period_start, period_end,
-             plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency, idempotency_key, accepted_at)
+             plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency, idempotency_key, accepted_at,
+             accrued_units, carried_in_units, carried_out_units, dropped_units)
          SELECT id, cid, a, k, d, ps, pe, plan, rates::jsonb, g::numeric, it::numeric, lt::numeric, rt::numeric,
-                adj::numeric, n::numeric, cur, ik, acc
+                adj::numeric, n::numeric, cur, ik, acc, au::numeric, ci::numeric, co::numeric, du::numeric
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::date[], $6::timestamptz[], $7::timestamptz[],
                      $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                     $16::text[], $17::text[], $18::timestamptz[])
-           AS t(id, cid, a, k, d, ps, pe, plan, rates, g, it, lt, rt, adj, n, cur, ik, acc)",
+                     $16::text[], $17::text[], $18::timestamptz[], $19::text[], $20::text[], $21::text[], $22::text[])
+           AS t(id, cid, a, k, d, ps, pe, plan, rates, g, it, lt, rt, adj, n, cur, ik, acc, au, ci, co, du)",
     )
     .bind(rows.iter().map(|r| r.payout_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.claim_id).collect::<Vec<_>>())
@@ -461,6 +467,10 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
     .bind(rows.iter().map(|r| r.payout.currency.code()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.idempotency_key.as_deref()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payout.accepted_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| units_text(r.payout.accrued)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| units_text(r.payout.carried_in)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| units_text(r.payout.carried_out)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| units_text(r.payout.dropped)).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await
     .context("inserting payouts")?;

@@ -251,7 +251,7 @@ impl Worker {
         self.send_to_dlq(&fx.dlq).await?;
         let touched: Vec<&Account> = fx.touched.iter().filter_map(|id| accounts.get(id)).collect();
         repo::store_accounts(&mut tx, &touched).await?;
-        repo::insert_points(&mut tx, &fx.new_points).await?;
+        repo::insert_points(&mut tx, &fx.new_points, now).await?;
         repo::store_claim_results(&mut tx, &fx.results).await?;
         repo::insert_payouts(&mut tx, &fx.payouts).await?;
         let mut next: HashMap<(String, i32), i64> = HashMap::new();

@@ -94,6 +94,11 @@ pub struct Payout {
     /// The schedule entries applied during the period, per plan.
     pub rates: serde_json::Value,
     pub accepted_at: DateTime<Utc>,
+    /// Exact decomposition: `gross + carried_out + dropped = accrued + carried_in`.
+    pub accrued: Accrued,
+    pub carried_in: Accrued,
+    pub carried_out: Accrued,
+    pub dropped: Accrued,
 }
 
 impl Payout {
@@ -375,7 +380,9 @@ impl Account {
     ) -> Option<Payout> {
         let start = self.paid_through;
         let end = through.max(start);
-        let total = self.accrued_at(plans, end);
+        let accrued = accrue(plans, &self.points, start, end);
+        let carried_in = self.carry + self.pending_adjustment;
+        let total = accrued + carried_in;
         let gross = Minor(total.floor_minor());
         if gross.0 < 1 {
             return None;
@@ -400,11 +407,16 @@ impl Account {
             plan: plan.id.clone(),
             rates: self.rates_applied(plans, start, end),
             accepted_at,
+            accrued,
+            carried_in,
+            carried_out: if plan.fraction == FractionRule::Carry { remainder } else { Accrued::ZERO },
+            dropped: if plan.fraction == FractionRule::Drop { remainder } else { Accrued::ZERO },
         };
-        self.carry = match plan.fraction {
-            FractionRule::Carry => remainder,
-            FractionRule::Drop => Accrued::ZERO,
-        };
+        debug_assert_eq!(
+            Accrued::from_minor(payout.gross) + payout.carried_out + payout.dropped,
+            payout.accrued + payout.carried_in
+        );
+        self.carry = payout.carried_out;
         self.pending_adjustment = Accrued::ZERO;
         self.paid_through = end;
         self.paid_any = true;
