@@ -39,6 +39,12 @@ pub enum Command {
     },
     /// Apply the SQL migrations under migrations/.
     Migrate,
+    /// The whole story on one machine: accounts, snapshots, a midnight spike, the payout report.
+    Demo {
+        /// Accounts to create.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
+        accounts: u32,
+    },
     /// Manage rate plans.
     Plans {
         #[command(subcommand)]

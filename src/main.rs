@@ -3,7 +3,11 @@ use std::process::ExitCode;
 use interest_now::cli::{self, Command, PlansCommand};
 use interest_now::commands::{self, finish, EXIT_USAGE};
 use interest_now::config::Settings;
-use interest_now::{app, simulate, telemetry};
+use interest_now::{app, demo, simulate, telemetry};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_owned())
+}
 
 fn main() -> ExitCode {
     let cli = cli::parse();
@@ -18,6 +22,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Demo { accounts } = &cli.command {
+        let opts = demo::DemoOptions {
+            admin_db_url: env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+            brokers: env_or("KAFKA_BROKERS", "127.0.0.1:9092"),
+            accounts: *accounts as usize,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        return finish(runtime.block_on(demo::run(opts)), 1);
+    }
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -29,7 +42,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
-            Command::Simulate { .. } => unreachable!("handled above"),
+            Command::Simulate { .. } | Command::Demo { .. } => unreachable!("handled above"),
             Command::Serve { role } => finish(app::serve(settings, role).await, 1),
             Command::Migrate => finish(commands::migrate(&settings).await, 1),
             Command::Plans { command: PlansCommand::Import { file } } => {
