@@ -344,13 +344,36 @@ pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::Can
                 // Connection lost: reconnect; waiters that miss their answer re-check before a 202.
                 Ok(None) | Err(_) => break,
             };
-            let wanted: Vec<Uuid> = {
-                let waiters = state.waiters.lock().expect("waiters");
-                n.payload().split(',').filter_map(|s| Uuid::parse_str(s).ok()).filter(|id| waiters.contains_key(id)).collect()
-            };
-            if !wanted.is_empty() {
+            let answers: Vec<serde_json::Value> = serde_json::from_str(n.payload()).unwrap_or_default();
+            let mut missing = Vec::new();
+            {
+                let mut waiters = state.waiters.lock().expect("waiters");
+                for a in answers {
+                    let Some(id) = a["claim_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
+                    let Some(tx) = waiters.remove(&id) else { continue };
+                    match serde_json::from_value::<repo::Answer>(a) {
+                        Ok(answer) => {
+                            let _ = tx.send(ClaimRecord {
+                                claim_id: id,
+                                account_id: String::new(),
+                                state: "done".into(),
+                                accepted_at: chrono::DateTime::<Utc>::MIN_UTC,
+                                status: Some(answer.status),
+                                body: Some(answer.body),
+                                replayed: answer.replayed,
+                            });
+                        }
+                        // Too large to travel in the notification: read it.
+                        Err(_) => {
+                            waiters.insert(id, tx);
+                            missing.push(id);
+                        }
+                    }
+                }
+            }
+            if !missing.is_empty() {
                 let state = state.clone();
-                tokio::spawn(async move { deliver(&state, &wanted).await });
+                tokio::spawn(async move { deliver(&state, &missing).await });
             }
         }
     }

@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiInner, ApiState};
@@ -158,7 +158,7 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
     });
 
     if let Some(status) = worker_status {
-        let wake = Arc::new(Notify::new());
+        let (relay_tx, relay_rx) = tokio::sync::mpsc::channel(crate::outbox::RELAY_QUEUE_MAX);
         let worker = Worker {
             settings: settings.clone(),
             pool: pool.clone(),
@@ -167,14 +167,13 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
             plans: plans.clone(),
             clock,
             status: status.clone(),
-            relay_wake: wake.clone(),
+            relay: relay_tx,
         };
         let relay = Relay {
             pool: pool.clone(),
-            producer: producer.clone(),
+            producer: kafka::relay_producer(&settings)?,
             topic: settings.topic(kafka::PAYOUTS),
             status,
-            wake,
             metrics: metrics.clone(),
         };
         let (ws, rs) = (shutdown.clone(), shutdown.clone());
@@ -184,14 +183,14 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
                 ws.cancel();
             }
         });
-        tasks.spawn(relay.run(rs));
+        tasks.spawn(relay.run(relay_rx, rs));
     }
 
     if let Some(state) = api_state {
         let listener = TcpListener::bind(settings.http_addr).await.context("binding HTTP_ADDR")?;
         tasks.spawn(api::listen_for_answers(state.clone(), shutdown.clone()));
         tasks.spawn(api::watch_database(state.clone(), shutdown.clone()));
-        let app = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+        let app = api::router(state.clone());
         let stop = shutdown.clone();
         let drain_state = state.clone();
         tasks.spawn(async move {

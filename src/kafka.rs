@@ -50,12 +50,25 @@ fn common(settings: &Settings) -> ClientConfig {
         .set("socket.keepalive.enable", "true")
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000")
+        // Topics are created explicitly with their partition count; an
+        // auto-created topic would get the broker's default and break co-partitioning.
+        .set("allow.auto.create.topics", "false")
         .set("log_level", "4");
     c
 }
 
-/// The producer for claims, DLQ and payouts.
+/// The producer for claims and the DLQ: low latency.
 pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
+    producer_with_linger(settings, 2)
+}
+
+/// The relay's producer: payouts are not on a customer's critical path, so a
+/// longer linger packs more of them per request to the broker.
+pub fn relay_producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
+    producer_with_linger(settings, 20)
+}
+
+fn producer_with_linger(settings: &Settings, linger_ms: u32) -> anyhow::Result<FutureProducer> {
     Ok(common(settings)
         // Java's murmur2, so partition p holds the same accounts as core banking's topics.
         .set("partitioner", "murmur2_random")
@@ -63,7 +76,7 @@ pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         // A claim is durable once acknowledged; a few ms of linger batches the midnight spike.
-        .set("linger.ms", "2")
+        .set("linger.ms", linger_ms.to_string())
         // Bounded buffer: when full, produce fails at once and the API answers 503.
         .set("queue.buffering.max.messages", "200000")
         .set("queue.buffering.max.kbytes", "262144")
@@ -105,7 +118,7 @@ pub fn consumer_config(settings: &Settings) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         // A dead worker's partitions move within seconds.
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
+        .set("heartbeat.interval.ms", "500")
         // A batch takes well under this.
         .set("max.poll.interval.ms", "60000")
         // Low latency for claims: do not wait long for fuller fetches.

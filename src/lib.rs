@@ -3,10 +3,12 @@
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod finance;
 pub mod kafka;
 pub mod money;
 pub mod outbox;

@@ -1,7 +1,12 @@
 //! The outbox relay: publishes payouts written by the worker's transactions to
-//! `interest-payouts`, at least once, in order per account (rows are read in
-//! commit order per partition; the idempotent producer keeps that order),
-//! each carrying its `payout_id` as a header and in the body.
+//! `interest-payouts`, at least once, in order per account, each carrying its
+//! `payout_id` as a header and in the body.
+//!
+//! The worker hands each committed batch's payouts over a bounded channel
+//! (FIFO, so commit order is publication order); before the first batch of a
+//! newly owned partition it asks for a sweep of that partition's leftovers
+//! (payouts a crashed owner committed but never published). A slow periodic
+//! sweep catches anything else.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +14,7 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -18,72 +23,112 @@ use crate::repo;
 use crate::telemetry::Metrics;
 use crate::worker::WorkerStatus;
 
-/// Rows published per round.
-const RELAY_BATCH_MAX: i64 = 5_000;
-/// Sweep interval when nobody wakes the relay (crash recovery, retries).
-const RELAY_SWEEP: Duration = Duration::from_millis(500);
+/// Rows published per sweep round.
+const SWEEP_BATCH_MAX: i64 = 5_000;
+/// Periodic sweep for anything left behind.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Pause before retrying a failed publication.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Batches the worker may hand over before it waits for the relay.
+pub const RELAY_QUEUE_MAX: usize = 64;
+
+/// One outbox row to publish.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub payout_id: Uuid,
+    pub key: String,
+    pub payload: String,
+}
+
+pub enum RelayWork {
+    /// Publish the leftovers of these partitions (newly owned) first.
+    Sweep(Vec<i32>),
+    /// A committed batch's payouts, in commit order.
+    Publish(Vec<OutboxItem>),
+}
 
 pub struct Relay {
     pub pool: PgPool,
     pub producer: FutureProducer,
     pub topic: String,
     pub status: Arc<Mutex<WorkerStatus>>,
-    pub wake: Arc<Notify>,
     pub metrics: Metrics,
 }
 
 impl Relay {
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut rounds: u64 = 0;
+    /// Runs until the worker drops its sender (after its last batch).
+    pub async fn run(self, mut work: mpsc::Receiver<RelayWork>, shutdown: CancellationToken) {
         loop {
-            let stopping = shutdown.is_cancelled();
-            let published = match self.round().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(event = "relay_failed", error = format!("{e:#}"));
-                    0
-                }
-            };
-            rounds += 1;
-            if rounds % 10 == 0 {
-                if let Ok(n) = repo::outbox_pending(&self.pool).await {
-                    self.metrics.outbox_pending.set(n);
-                }
-            }
-            if stopping && published == 0 {
-                return;
-            }
-            if published as i64 == RELAY_BATCH_MAX {
-                continue;
-            }
             tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(RELAY_SWEEP) => {}
-                _ = shutdown.cancelled(), if !stopping => {}
+                w = work.recv() => match w {
+                    Some(RelayWork::Publish(items)) => self.publish_all(items, &shutdown).await,
+                    Some(RelayWork::Sweep(partitions)) => self.sweep(&partitions, &shutdown).await,
+                    None => return,
+                },
+                _ = tokio::time::sleep(SWEEP_INTERVAL) => {
+                    let partitions = self.status.lock().expect("status").claim_partitions.clone();
+                    self.sweep(&partitions, &shutdown).await;
+                    if let Ok(n) = repo::outbox_pending(&self.pool).await {
+                        self.metrics.outbox_pending.set(n);
+                    }
+                }
             }
         }
     }
 
-    /// Publishes one page of pending payouts; marks the delivered prefix.
-    async fn round(&self) -> anyhow::Result<usize> {
-        let partitions = self.status.lock().expect("status").claim_partitions.clone();
+    async fn sweep(&self, partitions: &[i32], shutdown: &CancellationToken) {
         if partitions.is_empty() {
-            return Ok(0);
+            return;
         }
-        let rows = repo::unpublished(&self.pool, &partitions, RELAY_BATCH_MAX).await?;
-        if rows.is_empty() {
-            return Ok(0);
+        loop {
+            let rows = match repo::unpublished(&self.pool, partitions, SWEEP_BATCH_MAX).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(event = "relay_sweep_failed", error = format!("{e:#}"));
+                    return;
+                }
+            };
+            let n = rows.len();
+            let items = rows.into_iter().map(|(payout_id, key, payload)| OutboxItem { payout_id, key, payload }).collect();
+            self.publish_all(items, shutdown).await;
+            if (n as i64) < SWEEP_BATCH_MAX {
+                return;
+            }
         }
-        let sends = rows.iter().map(|(id, key, payload)| {
-            let headers = OwnedHeaders::new().insert(Header { key: "payout_id", value: Some(&id.to_string()) });
-            kafka::send(&self.producer, &self.topic, key, payload.as_bytes(), Some(headers))
+    }
+
+    /// Publishes in order, retrying the undelivered suffix until done (or shutdown).
+    async fn publish_all(&self, mut items: Vec<OutboxItem>, shutdown: &CancellationToken) {
+        while !items.is_empty() {
+            let delivered = self.publish(&items).await;
+            if delivered > 0 {
+                let ids: Vec<Uuid> = items[..delivered].iter().map(|i| i.payout_id).collect();
+                if let Err(e) = repo::mark_published(&self.pool, &ids).await {
+                    // Published but not marked: a later sweep publishes again (at least once).
+                    tracing::warn!(event = "relay_mark_failed", error = format!("{e:#}"));
+                }
+                items.drain(..delivered);
+            }
+            if !items.is_empty() {
+                if shutdown.is_cancelled() {
+                    tracing::warn!(event = "relay_stopped_with_pending", pending = items.len());
+                    return;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Sends all; returns how many were delivered before the first failure.
+    async fn publish(&self, items: &[OutboxItem]) -> usize {
+        let sends = items.iter().map(|i| {
+            let headers = OwnedHeaders::new().insert(Header { key: "payout_id", value: Some(&i.payout_id.to_string()) });
+            kafka::send(&self.producer, &self.topic, &i.key, i.payload.as_bytes(), Some(headers))
         });
         let results = futures::future::join_all(sends).await;
-        let delivered: Vec<Uuid> = rows.iter().zip(&results).take_while(|(_, r)| r.is_ok()).map(|((id, _, _), _)| *id).collect();
         if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
             tracing::warn!(event = "relay_send_failed", error = %e);
         }
-        repo::mark_published(&self.pool, &delivered).await?;
-        Ok(delivered.len())
+        results.iter().take_while(|r| r.is_ok()).count()
     }
 }

@@ -489,14 +489,47 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
     Ok(())
 }
 
-/// Wakes API processes waiting on these claims (delivered at commit).
-pub async fn notify_claims_done(tx: &mut Tx<'_>, ids: &[Uuid]) -> anyhow::Result<()> {
-    // NOTIFY payloads are limited to 8000 bytes: 200 ids of 37 bytes each.
-    for chunk in ids.chunks(200) {
-        let payload = chunk.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",");
-        sqlx::query("SELECT pg_notify($1, $2)")
+/// A claim's answer as sent to the API processes with NOTIFY.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Answer {
+    pub claim_id: Uuid,
+    pub status: i16,
+    pub replayed: bool,
+    pub body: serde_json::Value,
+}
+
+/// NOTIFY payloads are limited to 8000 bytes; answers are packed below this.
+const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_800;
+
+/// Wakes API processes waiting on these claims, answers included, so they
+/// need no query of their own (delivered at commit). An answer too large for
+/// one payload is sent as its bare id; the API then reads it from `claims`.
+pub async fn notify_claims_done(tx: &mut Tx<'_>, results: &[ClaimResult]) -> anyhow::Result<()> {
+    let mut payloads: Vec<String> = Vec::new();
+    let mut current = String::from("[");
+    for r in results {
+        let answer = Answer { claim_id: r.claim_id, status: r.status, replayed: r.replay_of.is_some(), body: r.body.clone() };
+        let mut item = serde_json::to_string(&answer)?;
+        if item.len() + 2 > NOTIFY_PAYLOAD_BYTES_MAX {
+            item = serde_json::to_string(&serde_json::json!({ "claim_id": r.claim_id }))?;
+        }
+        if current.len() + item.len() + 2 > NOTIFY_PAYLOAD_BYTES_MAX {
+            current.push(']');
+            payloads.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&item);
+    }
+    if current.len() > 1 {
+        current.push(']');
+        payloads.push(current);
+    }
+    if !payloads.is_empty() {
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
             .bind(CLAIM_DONE_CHANNEL)
-            .bind(payload)
+            .bind(&payloads)
             .execute(&mut **tx)
             .await?;
     }

@@ -61,13 +61,6 @@ fn check_accepted(data: &[u8], s: &Snapshot, plans: &Plans) {
     let plan = plans.get(plan_id).expect("the plan is known");
     assert_eq!(plan.currency, s.currency, "plan and snapshot currency agree");
 
-    let encoded = encode(s);
-    assert_eq!(
-        decode_snapshot(encoded.as_bytes(), plans).as_ref(),
-        Ok(s),
-        "round trip through {encoded}"
-    );
-
     let account = Account::open(s, plans);
     for later in [Duration::zero(), Duration::seconds(1), Duration::days(1)] {
         let Some(at) = s.as_of.checked_add_signed(later) else { continue };
@@ -76,7 +69,23 @@ fn check_accepted(data: &[u8], s: &Snapshot, plans: &Plans) {
         assert!(view.claimable.0 >= 0);
         let shown = view.to_json(&s.account_id, s.currency);
         assert_eq!(shown["balance"], Value::from(s.currency.to_decimal(s.balance).to_string()));
+        let as_of = shown["as_of"].as_str().unwrap_or_default();
+        assert!(is_api_timestamp(as_of), "as_of {as_of:?} is not an openapi.yaml Timestamp");
     }
+
+    let encoded = encode(s);
+    assert_eq!(
+        decode_snapshot(encoded.as_bytes(), plans).as_ref(),
+        Ok(s),
+        "round trip through {encoded}"
+    );
+}
+
+/// openapi.yaml's `Timestamp`: `YYYY-MM-DDTHH:MM:SS.mmm+09:00`.
+fn is_api_timestamp(text: &str) -> bool {
+    let shape = b"dddd-dd-ddTdd:dd:dd.ddd+09:00";
+    text.len() == shape.len()
+        && text.bytes().zip(shape.iter()).all(|(c, &want)| if want == b'd' { c.is_ascii_digit() } else { c == want })
 }
 
 /// The snapshot as core banking would send it, with the balance as a decimal string.

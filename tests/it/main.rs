@@ -1,6 +1,8 @@
 //! The one integration-test binary (one link, fast CI). Modules by feature.
 
+mod finance;
 mod harness;
+mod hostile;
 mod money_rules;
 mod pipeline;
 mod properties;
