@@ -152,9 +152,9 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
         stopping: shutdown.clone(),
     };
     let admin_listener = TcpListener::bind(settings.admin_addr).await.context("binding ADMIN_ADDR")?;
-    let admin_stop = shutdown.clone();
-    tasks.spawn(async move {
-        let _ = axum::serve(admin_listener, admin_router(admin)).with_graceful_shutdown(admin_stop.cancelled_owned()).await;
+    // The admin port stays up through the drain (readiness reports "stopping") and goes with the process.
+    let admin_server = tokio::spawn(async move {
+        let _ = axum::serve(admin_listener, admin_router(admin)).await;
     });
 
     if let Some(status) = worker_status {
@@ -207,6 +207,7 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
     }
     tracing::info!(event = "serving", role = ?role, http = %settings.http_addr, admin = %settings.admin_addr);
     while tasks.join_next().await.is_some() {}
+    admin_server.abort();
     // Flush anything the producer still holds (DLQ, payouts) before exit.
     use rdkafka::producer::Producer;
     let _ = producer.flush(Duration::from_secs(5));

@@ -91,7 +91,7 @@ pub fn journal(plans: &Plans, points: &[Received], paid_t0: i128, paid_t: i128, 
 pub async fn run(settings: &Settings, args: &CloseDayArgs) -> anyhow::Result<()> {
     let day = Day::new(args.date)?;
     day.require_closed(settings, args.grace_seconds, "close-day")?;
-    let pool = repo::connect(&settings.database_url, 4).await?;
+    let pool = super::connect(settings, 4, false).await?;
     wait_for_claims(settings, &pool, &day, Duration::from_secs(args.wait_seconds.into())).await?;
     let plans = repo::load_plans(&pool, settings.default_plan.as_deref()).await?;
     sqlx::query("INSERT INTO day_closes (business_date, cut_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")

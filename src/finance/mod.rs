@@ -132,6 +132,29 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The finance commands' connection pool: `application_name` tells them apart
+/// in `pg_stat_activity`. With `quiet`, sqlx's statement logging (a slow-statement
+/// warning after a long report) is off, so nothing but the report reaches stdout.
+pub async fn connect(settings: &Settings, max_connections: u32, quiet: bool) -> anyhow::Result<sqlx::PgPool> {
+    use secrecy::ExposeSecret;
+    use sqlx::ConnectOptions;
+    let mut options: sqlx::postgres::PgConnectOptions =
+        settings.database_url.expose_secret().parse().context("DATABASE_URL")?;
+    options = options.application_name(APPLICATION_NAME);
+    if quiet {
+        options = options.disable_statement_logging();
+    }
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// `application_name` of the finance commands' database sessions.
+pub const APPLICATION_NAME: &str = "interest-now-finance";
+
 /// `YYYY-MM` → the first day of that month.
 pub fn parse_month(text: &str) -> Result<NaiveDate, String> {
     let bad = || format!("not a YYYY-MM month: {text:?}");

@@ -26,7 +26,6 @@ use sqlx::{PgPool, Row};
 use super::{display, kst, major_to_units, units, Day, ReconcileArgs};
 use crate::config::Settings;
 use crate::money::Currency;
-use crate::repo;
 
 /// What failed, for one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +53,7 @@ impl Report {
 
 pub async fn run(settings: &Settings, args: &ReconcileArgs) -> anyhow::Result<()> {
     let day = Day::new(args.date)?;
-    let pool = repo::connect(&settings.database_url, 2).await?;
+    let pool = super::connect(settings, 2, false).await?;
     let mut report = Report::default();
     check_payouts(&pool, &day, &mut report).await?;
     check_journal(&pool, &day, &mut report).await?;

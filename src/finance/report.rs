@@ -19,7 +19,6 @@ use sqlx::Row;
 
 use super::{kst, Format, ReportCommand};
 use crate::config::Settings;
-use crate::repo;
 
 /// The columns of `report payouts`, in order (docs/FINANCE.md describes each).
 pub const PAYOUT_COLUMNS: [&str; 18] = [
@@ -148,7 +147,7 @@ pub async fn run(settings: &Settings, command: ReportCommand) -> anyhow::Result<
 }
 
 async fn payouts(settings: &Settings, date: NaiveDate, format: Format, out: &mut Sink) -> anyhow::Result<()> {
-    let pool = repo::connect(&settings.database_url, 2).await?;
+    let pool = super::connect(settings, 2, true).await?;
     if format == Format::Csv {
         write_csv_row(out, &PAYOUT_COLUMNS)?;
     }
@@ -174,7 +173,7 @@ async fn payouts(settings: &Settings, date: NaiveDate, format: Format, out: &mut
 }
 
 async fn withholding(settings: &Settings, month: NaiveDate, format: Format, out: &mut Sink) -> anyhow::Result<()> {
-    let pool = repo::connect(&settings.database_url, 2).await?;
+    let pool = super::connect(settings, 2, true).await?;
     let rows = sqlx::query(
         "SELECT month, currency, income_tax::text AS income_tax, local_tax::text AS local_tax,
                 rural_tax::text AS rural_tax, total::text AS total

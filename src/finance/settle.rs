@@ -22,7 +22,6 @@ use sqlx::{PgPool, Row};
 use super::{Day, Progress, SettleArgs};
 use crate::config::{Clock, Settings};
 use crate::kafka::{self, ClaimMessage};
-use crate::repo;
 
 /// Produced accounts we wait on at most before reading the next page.
 const PENDING_MAX: usize = 100_000;
@@ -34,7 +33,7 @@ pub async fn run(settings: &Settings, args: &SettleArgs) -> anyhow::Result<()> {
     day.require_closed(settings, args.grace_seconds, "settle")?;
     // One clock reading for the run: every auto payout of it is accepted at this instant.
     let run_at = Clock::new(settings.clock_offset_seconds).now();
-    let pool = repo::connect(&settings.database_url, 4).await?;
+    let pool = super::connect(settings, 4, false).await?;
     let producer = kafka::producer(settings)?;
     let topic = settings.topic(kafka::CLAIMS);
     let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds.into());

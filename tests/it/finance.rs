@@ -483,7 +483,8 @@ async fn close_day_killed_halfway_resumes_to_the_same_journal() {
     }
     // The server may still be finishing the killed client's last statement: wait for its session to end.
     env.wait_count(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'interest-now'",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+         AND application_name = 'interest-now-finance'",
         0,
     )
     .await;

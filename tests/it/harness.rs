@@ -105,7 +105,12 @@ impl Env {
 
     /// Starts `serve --role ROLE` and waits until it is ready.
     pub async fn serve(&self, role: &str, extra: &[(&str, &str)]) -> Service {
-        let (http, admin) = (free_addr(), free_addr());
+        self.serve_on(role, free_addr(), extra).await
+    }
+
+    /// Like `serve`, on a given HTTP address (to restart an API where clients expect it).
+    pub async fn serve_on(&self, role: &str, http: SocketAddr, extra: &[(&str, &str)]) -> Service {
+        let admin = free_addr();
         let log = std::fs::File::create(std::env::temp_dir().join(format!("{}-{role}-{}.log", self.name, admin.port()))).unwrap();
         let mut cmd = self.command(&["serve", "--role", role]);
         cmd.env("HTTP_ADDR", http.to_string()).env("ADMIN_ADDR", admin.to_string());
