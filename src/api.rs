@@ -61,7 +61,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/claims/{claim_id}", get(get_claim))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     v1.fallback(|| async { problem_response("not_found", 404, "no such route") })
-        .method_not_allowed_fallback(|| async { problem_response("method_not_allowed", 405, "method not allowed here") })
+        .method_not_allowed_fallback(|| async {
+            problem_response("method_not_allowed", 405, "method not allowed here")
+        })
         .with_state(state)
 }
 
@@ -72,13 +74,19 @@ pub fn problem_response(code: &str, status: u16, detail: impl Into<String>) -> R
 
 fn json_response(status: u16, body: Value, replayed: bool) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
     let mut resp = (status, [(header::CONTENT_TYPE, content_type)], body.to_string()).into_response();
     if replayed {
-        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
     }
     resp
 }
@@ -93,17 +101,24 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::as_bytes);
     let ok = presented.is_some_and(|p| {
-        state.settings.api_tokens.iter().fold(0u8, |acc, t| acc | t.expose_secret().as_bytes().ct_eq(p).unwrap_u8()) == 1
+        state
+            .settings
+            .api_tokens
+            .iter()
+            .fold(0u8, |acc, t| acc | t.expose_secret().as_bytes().ct_eq(p).unwrap_u8())
+            == 1
     });
     if !ok {
         state.metrics.claims_total.with_label_values(&["unauthorized"]).inc();
         let mut resp = problem_response("unauthorized", 401, "a valid bearer token is required");
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     }
     next.run(req).await
 }
 
+#[allow(clippy::result_large_err)] // a ready response, built once on the error path
 fn parse_account(raw: &str) -> Result<AccountId, Response> {
     AccountId::try_from(raw).map_err(|e| problem_response("invalid_account_id", 400, e.detail))
 }
@@ -160,7 +175,11 @@ async fn check_body(headers: &HeaderMap, body: Body) -> Result<(), Response> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if !is_json {
-        return Err(problem_response("unsupported_media_type", 415, "send application/json or no body"));
+        return Err(problem_response(
+            "unsupported_media_type",
+            415,
+            "send application/json or no body",
+        ));
     }
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(_)) => Ok(()),
@@ -168,7 +187,12 @@ async fn check_body(headers: &HeaderMap, body: Body) -> Result<(), Response> {
     }
 }
 
-async fn post_claim(State(state): State<ApiState>, Path(raw): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn post_claim(
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let resp = claim(&state, &raw, &headers, body).await;
     let outcome = match resp.status().as_u16() {
@@ -177,7 +201,11 @@ async fn post_claim(State(state): State<ApiState>, Path(raw): Path<String>, head
         _ => resp.extensions().get::<Outcome>().map(|o| o.0).unwrap_or("error"),
     };
     state.metrics.claims_total.with_label_values(&[outcome]).inc();
-    state.metrics.claim_duration_seconds.with_label_values(&["api"]).observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .claim_duration_seconds
+        .with_label_values(&["api"])
+        .observe(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -196,7 +224,10 @@ async fn claim(state: &ApiInner, raw: &str, headers: &HeaderMap, body: Body) -> 
         Ok(a) => a,
         Err(r) => return r,
     };
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let key = match IdempotencyKey::try_from(key) {
         Ok(k) => k,
         Err(e) => return refuse("idempotency_key_invalid", 400, e.detail),
@@ -210,10 +241,22 @@ async fn claim(state: &ApiInner, raw: &str, headers: &HeaderMap, body: Body) -> 
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return refuse("overloaded", 503, "too many claims in flight");
     };
-    if !state.keys_in_flight.lock().expect("keys").insert(key.as_str().to_owned()) {
-        return refuse("claim_in_progress", 409, "a request with this Idempotency-Key is still in flight");
+    if !state
+        .keys_in_flight
+        .lock()
+        .expect("keys")
+        .insert(key.as_str().to_owned())
+    {
+        return refuse(
+            "claim_in_progress",
+            409,
+            "a request with this Idempotency-Key is still in flight",
+        );
     }
-    let _guard = KeyGuard { state, key: key.as_str().to_owned() };
+    let _guard = KeyGuard {
+        state,
+        key: key.as_str().to_owned(),
+    };
     // The claim's instant: one clock reading, here, whatever happens later.
     let accepted_at = state.clock.now();
     let claim_id = Uuid::now_v7();
@@ -241,7 +284,11 @@ async fn wait_for_answer(
     };
     let payload = serde_json::to_vec(&msg).expect("serializable");
     let topic = state.settings.topic(kafka::CLAIMS);
-    let sent = tokio::time::timeout_at(deadline, kafka::send(&state.producer, &topic, account.as_str(), &payload, None)).await;
+    let sent = tokio::time::timeout_at(
+        deadline,
+        kafka::send(&state.producer, &topic, account.as_str(), &payload, None),
+    )
+    .await;
     match sent {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
@@ -275,7 +322,13 @@ fn answer(record: ClaimRecord) -> Response {
 }
 
 /// 202: durable, not finished. Last look first: the answer may have just landed.
-async fn accepted(state: &ApiInner, claim_id: Uuid, account: &AccountId, key: &IdempotencyKey, at: DateTime<Utc>) -> Response {
+async fn accepted(
+    state: &ApiInner,
+    claim_id: Uuid,
+    account: &AccountId,
+    key: &IdempotencyKey,
+    at: DateTime<Utc>,
+) -> Response {
     if let Ok(mut found) = repo::load_claims(&state.pool, &[claim_id]).await {
         if let Some(done) = found.pop().filter(|r| r.state == "done") {
             return answer(done);
@@ -291,7 +344,8 @@ async fn accepted(state: &ApiInner, claim_id: Uuid, account: &AccountId, key: &I
     });
     let mut resp = json_response(202, body, false);
     let location = format!("/v1/claims/{claim_id}");
-    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"));
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"));
     resp
 }
 
@@ -349,7 +403,9 @@ pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::Can
             {
                 let mut waiters = state.waiters.lock().expect("waiters");
                 for a in answers {
-                    let Some(id) = a["claim_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
+                    let Some(id) = a["claim_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
+                        continue;
+                    };
                     let Some(tx) = waiters.remove(&id) else { continue };
                     match serde_json::from_value::<repo::Answer>(a) {
                         Ok(answer) => {

@@ -73,7 +73,10 @@ async fn readyz(State(a): State<Admin>) -> (StatusCode, String) {
             return (StatusCode::SERVICE_UNAVAILABLE, "not yet in the consumer group".into());
         }
         if s.lag > READY_LAG_MAX {
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("catching up: {} messages behind", s.lag));
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("catching up: {} messages behind", s.lag),
+            );
         }
     }
     if let Some(api) = &a.api {
@@ -88,7 +91,10 @@ fn admin_router(admin: Admin) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|State(a): State<Admin>| async move { a.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(a): State<Admin>| async move { a.metrics.render() }),
+        )
         .with_state(admin)
 }
 
@@ -119,14 +125,22 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
     let pool = repo::connect(&settings.database_url, 16).await?;
     let plans = repo::load_plans(&pool, settings.default_plan.as_deref()).await?;
     if plans.is_empty() {
-        tracing::warn!(event = "no_plans", "no rate plans loaded; run `interest-now plans import`");
+        tracing::warn!(
+            event = "no_plans",
+            "no rate plans loaded; run `interest-now plans import`"
+        );
     }
     let plans = Arc::new(RwLock::new(Arc::new(plans)));
     let metrics = Metrics::new();
     let clock = Clock::new(settings.clock_offset_seconds);
     let producer = kafka::producer(&settings)?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(reload_plans(pool.clone(), plans.clone(), settings.default_plan.clone(), shutdown.clone()));
+    tasks.spawn(reload_plans(
+        pool.clone(),
+        plans.clone(),
+        settings.default_plan.clone(),
+        shutdown.clone(),
+    ));
 
     let api_state = role.api().then(|| {
         Arc::new(ApiInner {
@@ -151,7 +165,9 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
         worker: worker_status.clone(),
         stopping: shutdown.clone(),
     };
-    let admin_listener = TcpListener::bind(settings.admin_addr).await.context("binding ADMIN_ADDR")?;
+    let admin_listener = TcpListener::bind(settings.admin_addr)
+        .await
+        .context("binding ADMIN_ADDR")?;
     // The admin port stays up through the drain (readiness reports "stopping") and goes with the process.
     let admin_server = tokio::spawn(async move {
         let _ = axum::serve(admin_listener, admin_router(admin)).await;
@@ -187,7 +203,9 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
     }
 
     if let Some(state) = api_state {
-        let listener = TcpListener::bind(settings.http_addr).await.context("binding HTTP_ADDR")?;
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .context("binding HTTP_ADDR")?;
         tasks.spawn(api::listen_for_answers(state.clone(), shutdown.clone()));
         tasks.spawn(api::watch_database(state.clone(), shutdown.clone()));
         let app = api::router(state.clone());

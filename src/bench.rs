@@ -44,11 +44,16 @@ async fn load(stack: &Stack, n: usize, as_of: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
     let snapshots = (0..n).map(|i| {
         let id = account_id(i);
-        let json = format!(r#"{{"account_id":"{id}","seq":1,"balance":"{}","currency":"KRW","as_of":"{as_of}"}}"#, balance_of(i));
+        let json = format!(
+            r#"{{"account_id":"{id}","seq":1,"balance":"{}","currency":"KRW","as_of":"{as_of}"}}"#,
+            balance_of(i)
+        );
         (id, json)
     });
     stack.produce_snapshots(snapshots).await?;
-    stack.wait_count("SELECT count(*) FROM accounts", n as i64, Duration::from_secs(600)).await?;
+    stack
+        .wait_count("SELECT count(*) FROM accounts", n as i64, Duration::from_secs(600))
+        .await?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
@@ -68,7 +73,14 @@ fn worker_rss_mb_max(stack: &Stack) -> u64 {
 
 pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
-    let mut stack = Stack::create("interest_now_bench", &o.admin_db_url, &o.brokers, o.partitions, include_str!("../examples/plans.json")).await?;
+    let mut stack = Stack::create(
+        "interest_now_bench",
+        &o.admin_db_url,
+        &o.brokers,
+        o.partitions,
+        include_str!("../examples/plans.json"),
+    )
+    .await?;
     // Midnight on the service clock comes `lead` seconds from now: time to start and load.
     let lead = 15 + (o.accounts / 10_000) as i64 * 2;
     let now = Utc::now();
@@ -79,18 +91,20 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
         stack.spawn("worker", &[]).await?;
     }
     for _ in 0..o.apis {
-        stack.spawn("api", &[("CLAIM_WAIT_MS".into(), "2000".into())]).await?;
+        stack.spawn("api", &[("CLAIM_WAIT_MS", "2000".into())]).await?;
     }
     let as_of = format_instant(service_now(stack.offset_secs) - chrono::Duration::days(2));
     let ingest_rate = load(&stack, o.accounts, &as_of).await?;
     eprintln!("bench: {} accounts loaded ({ingest_rate:.0} snapshots/s)", o.accounts);
     // Every account already claimed on the day before midnight (a fixture, to keep the run short).
     let eve = midnight - chrono::Duration::seconds(600);
-    sqlx::query("UPDATE accounts SET paid_through = $1, paid_any = true, claim_day = $2, claims_on_day = 1, last_claim_at = $1")
-        .bind(eve)
-        .bind(business_date(eve))
-        .execute(&stack.pool)
-        .await?;
+    sqlx::query(
+        "UPDATE accounts SET paid_through = $1, paid_any = true, claim_day = $2, claims_on_day = 1, last_claim_at = $1",
+    )
+    .bind(eve)
+    .bind(business_date(eve))
+    .execute(&stack.pool)
+    .await?;
     let until_midnight = (midnight - service_now(stack.offset_secs)).to_std().unwrap_or_default();
     if until_midnight.is_zero() {
         eprintln!("bench: loading overran midnight on the service clock; the spike still runs on the new day");
@@ -110,9 +124,16 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
         // In the middle of the spike a worker joins and another leaves (SIGTERM, as in a rolling deploy).
         tokio::time::sleep(Duration::from_millis(500)).await;
         stack.spawn("worker", &[]).await?;
-        let first = stack.children.iter().position(|(r, _, _)| r == "worker").expect("a worker");
+        let first = stack
+            .children
+            .iter()
+            .position(|(r, _, _)| r == "worker")
+            .expect("a worker");
         let took = tokio::task::block_in_place(|| stack.stop_child(first, false))?;
-        eprintln!("bench: churn: a worker joined, another left (exited {:.1} s after SIGTERM)", took.as_secs_f32());
+        eprintln!(
+            "bench: churn: a worker joined, another left (exited {:.1} s after SIGTERM)",
+            took.as_secs_f32()
+        );
     }
     let results = fire.await?;
     let secs = t.elapsed().as_secs_f64();
@@ -122,10 +143,17 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
     for r in &results {
         *statuses.entry(r.status).or_default() += 1;
     }
-    let errors = results.iter().filter(|r| r.status != 201 && !(r.status == 409 && r.code.as_deref() == Some("claim_in_progress"))).count();
+    let errors = results
+        .iter()
+        .filter(|r| r.status != 201 && !(r.status == 409 && r.code.as_deref() == Some("claim_in_progress")))
+        .count();
     let day = business_date(midnight).to_string();
     let (paid_accounts, duplicates) = payout_check(&stack, &day).await?;
-    let answered: std::collections::HashSet<&str> = results.iter().filter(|r| r.status == 201).map(|r| r.account.as_str()).collect();
+    let answered: std::collections::HashSet<&str> = results
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.account.as_str())
+        .collect();
     let lost = answered.len().saturating_sub(paid_accounts as usize) + n.saturating_sub(paid_accounts as usize);
     let completed = results.iter().filter(|r| r.status == 201).count();
     let claims_per_s = completed as f64 / secs;
@@ -171,7 +199,10 @@ async fn payout_check(stack: &Stack, day: &str) -> anyhow::Result<(i64, i64)> {
 /// transaction (the ceiling of batching). Returns claims per second for each.
 fn baselines(stack: &Stack, clients: usize, seconds: u64) -> anyhow::Result<(f64, f64)> {
     let setup = include_str!("bench/baseline_setup.sql");
-    let psql = Command::new("psql").args([&stack.db_url, "-q", "-v", "ON_ERROR_STOP=1", "-c", setup]).output().context("psql")?;
+    let psql = Command::new("psql")
+        .args([&stack.db_url, "-q", "-v", "ON_ERROR_STOP=1", "-c", setup])
+        .output()
+        .context("psql")?;
     if !psql.status.success() {
         bail!("baseline setup: {}", String::from_utf8_lossy(&psql.stderr));
     }
@@ -181,12 +212,27 @@ fn baselines(stack: &Stack, clients: usize, seconds: u64) -> anyhow::Result<(f64
     std::fs::write(&single, include_str!("bench/baseline_single.sql"))?;
     std::fs::write(&batched, include_str!("bench/baseline_batch.sql"))?;
     let accounts: i64 = {
-        let out = Command::new("psql").args([&stack.db_url, "-tAc", "SELECT count(*) FROM baseline.accounts"]).output()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().context("baseline account count")?
+        let out = Command::new("psql")
+            .args([&stack.db_url, "-tAc", "SELECT count(*) FROM baseline.accounts"])
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("baseline account count")?
     };
     let tps = |script: &std::path::Path, clients: usize| -> anyhow::Result<f64> {
         let out = Command::new("pgbench")
-            .args(["-n", "-T", &seconds.to_string(), "-c", &clients.to_string(), "-j", "2", "-D", &format!("naccounts={accounts}")])
+            .args([
+                "-n",
+                "-T",
+                &seconds.to_string(),
+                "-c",
+                &clients.to_string(),
+                "-j",
+                "2",
+                "-D",
+                &format!("naccounts={accounts}"),
+            ])
             .arg("-f")
             .arg(script)
             .arg(&stack.db_url)
@@ -223,24 +269,46 @@ pub struct IngestOptions {
 pub async fn ingest(o: IngestOptions) -> anyhow::Result<serde_json::Value> {
     let mut rounds = Vec::new();
     for workers in 1..=o.max_workers {
-        let mut stack = Stack::create("interest_now_ingest", &o.admin_db_url, &o.brokers, o.partitions, include_str!("../examples/plans.json")).await?;
+        let mut stack = Stack::create(
+            "interest_now_ingest",
+            &o.admin_db_url,
+            &o.brokers,
+            o.partitions,
+            include_str!("../examples/plans.json"),
+        )
+        .await?;
         let base = Utc::now() - chrono::Duration::days(3);
         let per_account = o.snapshots.div_ceil(o.accounts);
         let snapshots = (0..o.snapshots).map(|k| {
             let (i, seq) = (k % o.accounts, k / o.accounts + 1);
             let as_of = format_instant(base + chrono::Duration::seconds(seq as i64 * 60));
             let id = account_id(i);
-            (id.clone(), format!(r#"{{"account_id":"{id}","seq":{seq},"balance":"{}","currency":"KRW","as_of":"{as_of}"}}"#, balance_of(i + seq)))
+            (
+                id.clone(),
+                format!(
+                    r#"{{"account_id":"{id}","seq":{seq},"balance":"{}","currency":"KRW","as_of":"{as_of}"}}"#,
+                    balance_of(i + seq)
+                ),
+            )
         });
         stack.produce_snapshots(snapshots).await?;
         let t = Instant::now();
         for _ in 0..workers {
             stack.spawn("worker", &[]).await?;
         }
-        stack.wait_count("SELECT count(*) FROM balance_points", o.snapshots as i64, Duration::from_secs(600)).await?;
+        stack
+            .wait_count(
+                "SELECT count(*) FROM balance_points",
+                o.snapshots as i64,
+                Duration::from_secs(600),
+            )
+            .await?;
         let secs = t.elapsed().as_secs_f64();
         let rss = worker_rss_mb_max(&stack);
-        eprintln!("bench ingest: {workers} worker(s): {} snapshots in {secs:.1} s", o.snapshots);
+        eprintln!(
+            "bench ingest: {workers} worker(s): {} snapshots in {secs:.1} s",
+            o.snapshots
+        );
         rounds.push(json!({"workers": workers, "snapshots_per_s": (o.snapshots as f64 / secs).round(),
             "per_worker_snapshots_per_s": (o.snapshots as f64 / secs / workers as f64).round(), "worker_rss_mb_max": rss,
             "snapshots_per_account": per_account}));

@@ -83,9 +83,20 @@ pub fn parse() -> Cli {
             ) {
                 e.exit();
             }
+            // One line: clap's message up to the usage block, joined.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: bad arguments");
-            eprintln!("{first} (see --help)");
+            let message: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = if message.is_empty() {
+                "error: bad arguments".to_owned()
+            } else {
+                message.join(" ")
+            };
+            eprintln!("{line} (see --help)");
             std::process::exit(2);
         }
     }

@@ -35,7 +35,11 @@ pub async fn import_plans(settings: &Settings, file: &Path) -> anyhow::Result<()
     let pool = repo::connect(&settings.database_url, 2).await?;
     let now = Clock::new(settings.clock_offset_seconds).now();
     let written = repo::import_plans(&pool, &plans, now).await?;
-    println!("plans imported: {} written, {} unchanged", written.len(), plans.len() - written.len());
+    println!(
+        "plans imported: {} written, {} unchanged",
+        written.len(),
+        plans.len() - written.len()
+    );
     Ok(())
 }
 

@@ -57,7 +57,13 @@ impl Settings {
             return Err(ConfigError("DATABASE_URL must be a postgres:// URL".into()));
         }
         let api_tokens: Vec<SecretString> = var("API_TOKENS")?
-            .map(|v| v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| SecretString::from(t.to_owned())).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| SecretString::from(t.to_owned()))
+                    .collect()
+            })
             .unwrap_or_default();
         let claims_per_day: u32 = parsed("CLAIMS_PER_DAY", 1)?;
         if claims_per_day == 0 {
@@ -72,7 +78,8 @@ impl Settings {
             return Err(ConfigError("KAFKA_TOPIC_PREFIX may only hold [A-Za-z0-9._-]".into()));
         }
         if let Some(level) = var("RUST_LOG")? {
-            tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| ConfigError(format!("RUST_LOG={level:?}: {e}")))?;
+            tracing_subscriber::EnvFilter::try_new(&level)
+                .map_err(|e| ConfigError(format!("RUST_LOG={level:?}: {e}")))?;
         }
         Ok(Settings {
             database_url: SecretString::from(database_url),
@@ -112,7 +119,9 @@ pub struct Clock {
 
 impl Clock {
     pub fn new(offset_seconds: i64) -> Self {
-        Self { offset: chrono::Duration::seconds(offset_seconds) }
+        Self {
+            offset: chrono::Duration::seconds(offset_seconds),
+        }
     }
 
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {

@@ -23,17 +23,27 @@ const LEAD_SECS: i64 = 25;
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let plans = include_str!("../examples/plans.json");
-    println!("interest-now demo: {} accounts through the 00:00 KST rollover\n", opts.accounts);
+    println!(
+        "interest-now demo: {} accounts through the 00:00 KST rollover\n",
+        opts.accounts
+    );
     let mut stack = Stack::create("interest_now_demo", &opts.admin_db_url, &opts.brokers, 12, plans).await?;
     let now = Utc::now();
     let midnight = kst_midnight_utc(now.with_timezone(&kst()).date_naive() + chrono::Days::new(1));
     stack.offset_secs = (midnight - now).num_seconds() - LEAD_SECS;
     let service_now = |offset: i64| Utc::now() + chrono::Duration::seconds(offset);
-    println!("  service clock set to {} (CLOCK_OFFSET_SECONDS={})", format_instant(service_now(stack.offset_secs)), stack.offset_secs);
+    println!(
+        "  service clock set to {} (CLOCK_OFFSET_SECONDS={})",
+        format_instant(service_now(stack.offset_secs)),
+        stack.offset_secs
+    );
     stack.spawn("worker", &[]).await?;
     stack.spawn("worker", &[]).await?;
     stack.spawn("api", &[]).await?;
-    println!("  started 2 workers and 1 API ({:.1} s)", started.elapsed().as_secs_f32());
+    println!(
+        "  started 2 workers and 1 API ({:.1} s)",
+        started.elapsed().as_secs_f32()
+    );
 
     let n = opts.accounts;
     let small = n / 20; // accounts whose interest stays under 1 won: nothing to claim
@@ -48,31 +58,61 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         (id, json)
     });
     stack.produce_snapshots(snapshots).await?;
-    stack.wait_count("SELECT count(*) FROM accounts", n as i64, Duration::from_secs(120)).await?;
-    println!("  {} balance snapshots streamed and applied ({:.1} s)", n, started.elapsed().as_secs_f32());
+    stack
+        .wait_count("SELECT count(*) FROM accounts", n as i64, Duration::from_secs(120))
+        .await?;
+    println!(
+        "  {} balance snapshots streamed and applied ({:.1} s)",
+        n,
+        started.elapsed().as_secs_f32()
+    );
 
     // Before midnight: a fifth of the accounts claim, some retry with the same key.
     let wait_until = |t: DateTime<Utc>, offset: i64| (t - service_now(offset)).to_std().unwrap_or_default();
     tokio::time::sleep(wait_until(midnight - chrono::Duration::seconds(6), stack.offset_secs)).await;
-    let early: Vec<ClaimSpec> = (small..small + n / 5).map(|i| (format!("acct-{i:05}"), format!("eve-{i}"))).collect();
+    let early: Vec<ClaimSpec> = (small..small + n / 5)
+        .map(|i| (format!("acct-{i:05}"), format!("eve-{i}")))
+        .collect();
     let retries: Vec<ClaimSpec> = early.iter().step_by(10).cloned().collect();
     let mut before = fire_claims(&stack.apis, early, 64, None).await;
     before.extend(fire_claims(&stack.apis, retries, 16, None).await);
-    println!("  {} claims before midnight (service clock {})", before.len(), format_instant(service_now(stack.offset_secs)));
+    println!(
+        "  {} claims before midnight (service clock {})",
+        before.len(),
+        format_instant(service_now(stack.offset_secs))
+    );
 
     // The spike: from 00:00 every account claims; some retry, some claim twice.
-    tokio::time::sleep(wait_until(midnight + chrono::Duration::milliseconds(100), stack.offset_secs)).await;
+    tokio::time::sleep(wait_until(
+        midnight + chrono::Duration::milliseconds(100),
+        stack.offset_secs,
+    ))
+    .await;
     let mut spike: Vec<ClaimSpec> = (0..n).map(|i| (format!("acct-{i:05}"), format!("day-{i}"))).collect();
     spike.extend((0..n).step_by(20).map(|i| (format!("acct-{i:05}"), format!("day-{i}"))));
-    spike.extend((0..n).step_by(25).map(|i| (format!("acct-{i:05}"), format!("second-{i}"))));
+    spike.extend(
+        (0..n)
+            .step_by(25)
+            .map(|i| (format!("acct-{i:05}"), format!("second-{i}"))),
+    );
     let spike_started = Instant::now();
     let after = fire_claims(&stack.apis, spike, 128, None).await;
     let spike_secs = spike_started.elapsed().as_secs_f64();
-    stack.wait_count("SELECT count(*) FROM payout_outbox WHERE published_at IS NOT NULL",
-        sqlx::query_scalar("SELECT count(*) FROM interest_payouts").fetch_one(&stack.pool).await?, Duration::from_secs(60)).await?;
+    stack
+        .wait_count(
+            "SELECT count(*) FROM payout_outbox WHERE published_at IS NOT NULL",
+            sqlx::query_scalar("SELECT count(*) FROM interest_payouts")
+                .fetch_one(&stack.pool)
+                .await?,
+            Duration::from_secs(60),
+        )
+        .await?;
 
     report(&stack, &before, &after, spike_secs).await?;
-    println!("\n  finished in {:.1} s; processes stopped.", started.elapsed().as_secs_f32());
+    println!(
+        "\n  finished in {:.1} s; processes stopped.",
+        started.elapsed().as_secs_f32()
+    );
     println!("  The demo database stays for you to explore: psql {}", stack.db_url);
     stack.teardown(true).await;
     Ok(())
@@ -101,7 +141,12 @@ async fn report(stack: &Stack, before: &[ClaimResult], after: &[ClaimResult], sp
         }
     }
     let (p50, p95, p99, max) = percentiles(after);
-    println!("\nThe spike: {} claims in {:.2} s = {:.0} claims/s", after.len(), spike_secs, after.len() as f64 / spike_secs);
+    println!(
+        "\nThe spike: {} claims in {:.2} s = {:.0} claims/s",
+        after.len(),
+        spike_secs,
+        after.len() as f64 / spike_secs
+    );
     println!("  latency send → final answer: p50 {p50} ms, p95 {p95} ms, p99 {p99} ms, max {max} ms");
 
     println!("\nPayouts by business date (interest_payouts)");
@@ -111,7 +156,10 @@ async fn report(stack: &Stack, before: &[ClaimResult], after: &[ClaimResult], sp
     )
     .fetch_all(&stack.pool)
     .await?;
-    println!("  {:<12} {:<6} {:>7} {:>14} {:>12} {:>14}", "date", "kind", "count", "gross", "tax", "net");
+    println!(
+        "  {:<12} {:<6} {:>7} {:>14} {:>12} {:>14}",
+        "date", "kind", "count", "gross", "tax", "net"
+    );
     for r in rows {
         let (d, k, c, g, t, n): (String, String, i64, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
@@ -133,17 +181,27 @@ async fn report(stack: &Stack, before: &[ClaimResult], after: &[ClaimResult], sp
     )
     .fetch_all(&stack.pool)
     .await?;
-    println!("  {:<11} {:<11} {:<30} {:<30} {:>7} {:>6} {:>5} {:>7} {}", "account", "date", "period_start", "period_end", "gross", "income", "local", "net", "plan");
+    println!(
+        "  {:<11} {:<11} {:<30} {:<30} {:>7} {:>6} {:>5} {:>7} plan",
+        "account", "date", "period_start", "period_end", "gross", "income", "local", "net"
+    );
     for r in rows {
         let ps: DateTime<Utc> = r.get(2);
         let pe: DateTime<Utc> = r.get(3);
         let (a, d, g, it, lt, n, p): (String, String, String, String, String, String, String) =
             (r.get(0), r.get(1), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8));
-        println!("  {a:<11} {d:<11} {:<30} {:<30} {g:>7} {it:>6} {lt:>5} {n:>7} {p}", format_instant(ps), format_instant(pe));
+        println!(
+            "  {a:<11} {d:<11} {:<30} {:<30} {g:>7} {it:>6} {lt:>5} {n:>7} {p}",
+            format_instant(ps),
+            format_instant(pe)
+        );
     }
     println!("\nWhere to look next");
     println!("  interest-now report payouts --date <D>     the payout table for finance (CSV)");
     println!("  interest-now simulate --plans examples/plans.json --events examples/events.jsonl");
-    println!("  ARCHITECTURE.md (the claim path), docs/FINANCE.md, openapi.yaml; logs under {}", stack.log_dir.display());
+    println!(
+        "  ARCHITECTURE.md (the claim path), docs/FINANCE.md, openapi.yaml; logs under {}",
+        stack.log_dir.display()
+    );
     Ok(())
 }

@@ -6,13 +6,25 @@ use interest_now::config::Settings;
 use interest_now::{app, bench, demo, simulate, telemetry};
 
 fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_owned())
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
 }
 
 fn main() -> ExitCode {
     let cli = cli::parse();
-    if let Command::Simulate { plans, events, credit_net, claims_per_day } = &cli.command {
-        let opts = simulate::Options { credit_net: *credit_net, claims_per_day: *claims_per_day };
+    if let Command::Simulate {
+        plans,
+        events,
+        credit_net,
+        claims_per_day,
+    } = &cli.command
+    {
+        let opts = simulate::Options {
+            credit_net: *credit_net,
+            claims_per_day: *claims_per_day,
+        };
         // Script errors read `line N: <reason>`, with nothing in front.
         return match commands::simulate(plans, events, opts) {
             Ok(()) => ExitCode::SUCCESS,
@@ -28,16 +40,34 @@ fn main() -> ExitCode {
             brokers: env_or("KAFKA_BROKERS", "127.0.0.1:9092"),
             accounts: *accounts as usize,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         return finish(runtime.block_on(demo::run(opts)), 1);
     }
     if let Command::Bench { command } = &cli.command {
-        let (db, brokers) =
-            (env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"), env_or("KAFKA_BROKERS", "127.0.0.1:9092"));
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        let (db, brokers) = (
+            env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+            env_or("KAFKA_BROKERS", "127.0.0.1:9092"),
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         let result = runtime.block_on(async move {
             let line = match command {
-                BenchCommand::Spike { accounts, rate, concurrency, workers, apis, partitions, retry_percent, baseline_seconds, churn } => {
+                BenchCommand::Spike {
+                    accounts,
+                    rate,
+                    concurrency,
+                    workers,
+                    apis,
+                    partitions,
+                    retry_percent,
+                    baseline_seconds,
+                    churn,
+                } => {
                     bench::spike(bench::SpikeOptions {
                         admin_db_url: db,
                         brokers,
@@ -53,7 +83,12 @@ fn main() -> ExitCode {
                     })
                     .await?
                 }
-                BenchCommand::Ingest { snapshots, accounts, partitions, max_workers } => {
+                BenchCommand::Ingest {
+                    snapshots,
+                    accounts,
+                    partitions,
+                    max_workers,
+                } => {
                     bench::ingest(bench::IngestOptions {
                         admin_db_url: db,
                         brokers,
@@ -78,7 +113,10 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_logs();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
             Command::Simulate { .. } | Command::Demo { .. } | Command::Bench { .. } => unreachable!("handled above"),
@@ -86,9 +124,9 @@ fn main() -> ExitCode {
             Command::Migrate => finish(commands::migrate(&settings).await, 1),
             // ---- finance (src/finance) ----
             Command::Finance(command) => finish(interest_now::finance::run(&settings, command).await, 1),
-            Command::Plans { command: PlansCommand::Import { file } } => {
-                finish(commands::import_plans(&settings, &file).await, 1)
-            }
+            Command::Plans {
+                command: PlansCommand::Import { file },
+            } => finish(commands::import_plans(&settings, &file).await, 1),
         }
     })
 }

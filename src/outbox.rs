@@ -89,7 +89,14 @@ impl Relay {
                 }
             };
             let n = rows.len();
-            let items = rows.into_iter().map(|(payout_id, key, payload)| OutboxItem { payout_id, key, payload }).collect();
+            let items = rows
+                .into_iter()
+                .map(|(payout_id, key, payload)| OutboxItem {
+                    payout_id,
+                    key,
+                    payload,
+                })
+                .collect();
             self.publish_all(items, shutdown).await;
             if (n as i64) < SWEEP_BATCH_MAX {
                 return;
@@ -122,7 +129,10 @@ impl Relay {
     /// Sends all; returns how many were delivered before the first failure.
     async fn publish(&self, items: &[OutboxItem]) -> usize {
         let sends = items.iter().map(|i| {
-            let headers = OwnedHeaders::new().insert(Header { key: "payout_id", value: Some(&i.payout_id.to_string()) });
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "payout_id",
+                value: Some(&i.payout_id.to_string()),
+            });
             kafka::send(&self.producer, &self.topic, &i.key, i.payload.as_bytes(), Some(headers))
         });
         let results = futures::future::join_all(sends).await;

@@ -31,7 +31,10 @@ pub async fn connect(url: &secrecy::SecretString, max_connections: u32) -> anyho
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("./migrations").run(pool).await.context("applying migrations")?;
+    sqlx::migrate!("./migrations")
+        .run(pool)
+        .await
+        .context("applying migrations")?;
     Ok(())
 }
 
@@ -48,7 +51,7 @@ pub async fn load_plans(pool: &PgPool, default_plan: Option<&str>) -> anyhow::Re
         plans.push(json.to_plan().map_err(|e| anyhow::anyhow!("stored plan: {e}"))?);
     }
     let default = default_plan.map(str::to_owned);
-    Ok(Plans::new(plans, default).map_err(|e| anyhow::anyhow!("{e}"))?)
+    Plans::new(plans, default).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Minimum time between importing a rate change and its taking effect, so
@@ -59,7 +62,9 @@ pub const PLAN_LEAD_SECS: i64 = 60;
 /// or about to be. Returns the ids written.
 pub async fn import_plans(pool: &PgPool, plans: &[Plan], now: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
     let mut tx = pool.begin().await?;
-    sqlx::query("LOCK TABLE rate_plans IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+    sqlx::query("LOCK TABLE rate_plans IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
     let mut written = Vec::new();
     for plan in plans {
         let old: Option<String> = sqlx::query_scalar("SELECT definition::text FROM rate_plans WHERE plan_id = $1")
@@ -110,7 +115,13 @@ pub async fn own_partition(pool: &PgPool, topic: &str, partition: i32, owner: &s
 
 /// Stores the next offset if this worker still owns the partition at `epoch`.
 /// `false` means the worker was fenced: roll back.
-pub async fn commit_offset(tx: &mut Tx<'_>, topic: &str, partition: i32, next: i64, epoch: i64) -> anyhow::Result<bool> {
+pub async fn commit_offset(
+    tx: &mut Tx<'_>,
+    topic: &str,
+    partition: i32,
+    next: i64,
+    epoch: i64,
+) -> anyhow::Result<bool> {
     let done = sqlx::query(
         "UPDATE consumer_offsets SET next_offset = $3, updated_at = now()
          WHERE topic = $1 AND partition = $2 AND owner_epoch = $4 AND next_offset <= $3",
@@ -173,7 +184,11 @@ pub async fn load_accounts(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1) ORDER BY account_id {}",
         if lock { "FOR UPDATE" } else { "" }
     );
-    let rows = sqlx::query(&sql).bind(ids).fetch_all(&mut *conn).await.context("loading accounts")?;
+    let rows = sqlx::query(&sql)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await
+        .context("loading accounts")?;
     if rows.is_empty() {
         return Ok(HashMap::new());
     }
@@ -291,7 +306,10 @@ pub async fn insert_points(
     let ids: Vec<&str> = points.iter().map(|(id, _, _)| id.as_str()).collect();
     let seqs: Vec<i64> = points.iter().map(|(_, p, _)| p.seq as i64).collect();
     let as_of: Vec<DateTime<Utc>> = points.iter().map(|(_, p, _)| p.as_of).collect();
-    let balance: Vec<String> = points.iter().map(|(_, p, c)| c.to_decimal(p.balance).to_string()).collect();
+    let balance: Vec<String> = points
+        .iter()
+        .map(|(_, p, c)| c.to_decimal(p.balance).to_string())
+        .collect();
     let plan: Vec<&str> = points.iter().map(|(_, p, _)| p.plan.as_str()).collect();
     sqlx::query(
         "INSERT INTO balance_points (account_id, seq, as_of, balance, plan_id, received_at)
@@ -436,7 +454,9 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
         return Ok(());
     }
     let amt = |f: &dyn Fn(&crate::money::Payout) -> Minor| -> Vec<String> {
-        rows.iter().map(|r| r.payout.currency.to_decimal(f(&r.payout)).to_string()).collect()
+        rows.iter()
+            .map(|r| r.payout.currency.to_decimal(f(&r.payout)).to_string())
+            .collect()
     };
     sqlx::query(
         "INSERT INTO interest_payouts (payout_id, claim_id, account_id, kind, business_date, period_start, period_end,
@@ -508,7 +528,12 @@ pub async fn notify_claims_done(tx: &mut Tx<'_>, results: &[ClaimResult]) -> any
     let mut payloads: Vec<String> = Vec::new();
     let mut current = String::from("[");
     for r in results {
-        let answer = Answer { claim_id: r.claim_id, status: r.status, replayed: r.replay_of.is_some(), body: r.body.clone() };
+        let answer = Answer {
+            claim_id: r.claim_id,
+            status: r.status,
+            replayed: r.replay_of.is_some(),
+            body: r.body.clone(),
+        };
         let mut item = serde_json::to_string(&answer)?;
         if item.len() + 2 > NOTIFY_PAYLOAD_BYTES_MAX {
             item = serde_json::to_string(&serde_json::json!({ "claim_id": r.claim_id }))?;
@@ -620,5 +645,9 @@ pub async fn mark_published(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<()> {
 }
 
 pub async fn outbox_pending(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM payout_outbox WHERE published_at IS NULL").fetch_one(pool).await?)
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM payout_outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
 }

@@ -116,7 +116,15 @@ mod tests {
         assert_eq!(code("acc-1", Some("k"), None, ""), Ok(()));
         assert_eq!(code("acc-1", Some("k"), Some("text/plain"), " \n\t"), Ok(()));
         assert_eq!(code("acc-1", Some("k"), json, "{}"), Ok(()));
-        assert_eq!(code("acc-1", Some("k"), Some("Application/JSON; charset=utf-8"), r#"{"a":[1]}"#), Ok(()));
+        assert_eq!(
+            code(
+                "acc-1",
+                Some("k"),
+                Some("Application/JSON; charset=utf-8"),
+                r#"{"a":[1]}"#
+            ),
+            Ok(())
+        );
         let r = parse_claim_request("a_B-9", Some(b"key 1~"), None, b"").unwrap();
         assert_eq!((r.account.as_str(), r.key.as_str()), ("a_B-9", "key 1~"));
     }
@@ -135,10 +143,19 @@ mod tests {
         assert_eq!(code("a", Some("tab\tkey"), None, ""), Err(bad_key));
         assert_eq!(code("a", Some(&"k".repeat(256)), None, ""), Err(bad_key));
         assert!(parse_claim_request("a", Some(b"\xff"), None, b"").is_err());
-        assert_eq!(code("a", Some("k"), json, &" ".repeat(1025)), Err(("body_too_large", 413)));
-        assert_eq!(code("a", Some("k"), Some("text/plain"), "{}"), Err(("unsupported_media_type", 415)));
+        assert_eq!(
+            code("a", Some("k"), json, &" ".repeat(1025)),
+            Err(("body_too_large", 413))
+        );
+        assert_eq!(
+            code("a", Some("k"), Some("text/plain"), "{}"),
+            Err(("unsupported_media_type", 415))
+        );
         assert_eq!(code("a", Some("k"), None, "{}"), Err(("unsupported_media_type", 415)));
-        assert_eq!(code("a", Some("k"), Some("application/jsonx"), "{}"), Err(("unsupported_media_type", 415)));
+        assert_eq!(
+            code("a", Some("k"), Some("application/jsonx"), "{}"),
+            Err(("unsupported_media_type", 415))
+        );
         assert_eq!(code("a", Some("k"), json, "not json"), Err(("invalid_body", 400)));
         assert_eq!(code("a", Some("k"), json, "1.5"), Err(("invalid_body", 400)));
         assert_eq!(code("a", Some("k"), json, "[]"), Err(("invalid_body", 400)));

@@ -34,14 +34,27 @@ pub struct Stack {
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").expect("loopback").local_addr().expect("addr")
+    TcpListener::bind("127.0.0.1:0")
+        .expect("loopback")
+        .local_addr()
+        .expect("addr")
 }
 
 impl Stack {
     /// A fresh database `name` (dropped first if present) and fresh topics.
-    pub async fn create(name: &str, admin_db_url: &str, brokers: &str, partitions: i32, plans_json: &str) -> anyhow::Result<Stack> {
-        let admin = PgPool::connect(admin_db_url).await.context("connecting to PostgreSQL")?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await?;
+    pub async fn create(
+        name: &str,
+        admin_db_url: &str,
+        brokers: &str,
+        partitions: i32,
+        plans_json: &str,
+    ) -> anyhow::Result<Stack> {
+        let admin = PgPool::connect(admin_db_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&admin)
+            .await?;
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
         admin.close().await;
         let db_url = match admin_db_url.rsplit_once('/') {
@@ -53,10 +66,16 @@ impl Stack {
         let plans = PlanFile::parse(plans_json)?;
         repo::import_plans(&pool, &plans, chrono::Utc::now()).await?;
         let prefix = format!("{name}-{}.", chrono::Utc::now().timestamp());
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-        let names: Vec<String> =
-            [kafka::SNAPSHOTS, kafka::SNAPSHOTS_DLQ, kafka::CLAIMS, kafka::PAYOUTS].iter().map(|t| format!("{prefix}{t}")).collect();
-        let topics: Vec<NewTopic> = names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+        let names: Vec<String> = [kafka::SNAPSHOTS, kafka::SNAPSHOTS_DLQ, kafka::CLAIMS, kafka::PAYOUTS]
+            .iter()
+            .map(|t| format!("{prefix}{t}"))
+            .collect();
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+            .collect();
         for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
             r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
         }
@@ -104,7 +123,9 @@ impl Stack {
         }
         let child = cmd.spawn().context("spawning serve")?;
         self.children.push((role.to_owned(), child, admin));
-        wait_ready(admin, Duration::from_secs(60)).await.with_context(|| format!("{role} (log: {})", log_path.display()))?;
+        wait_ready(admin, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{role} (log: {})", log_path.display()))?;
         if role != "worker" {
             self.apis.push(http);
         }
@@ -138,7 +159,10 @@ impl Stack {
             let (producer, topic) = (&producer, &topic);
             async move {
                 producer
-                    .send(FutureRecord::to(topic).key(&key).payload(&payload), Duration::from_secs(30))
+                    .send(
+                        FutureRecord::to(topic).key(&key).payload(&payload),
+                        Duration::from_secs(30),
+                    )
                     .await
                     .map_err(|(e, _)| anyhow::anyhow!("producing a snapshot: {e}"))
             }
@@ -176,7 +200,9 @@ impl Stack {
         self.pool.close().await;
         if !keep_db {
             if let Ok(admin) = PgPool::connect(&self.admin_db_url).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&admin).await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                    .execute(&admin)
+                    .await;
             }
         }
     }
@@ -227,7 +253,12 @@ pub type ClaimSpec = (String, String);
 /// Fires claims with `concurrency` connections; `rate_per_s` = None is as fast
 /// as the service answers, Some(r) is an open-loop schedule of r per second
 /// (late requests are sent at once, and their latency counts from the schedule).
-pub async fn fire_claims(apis: &[SocketAddr], claims: Vec<ClaimSpec>, concurrency: usize, rate_per_s: Option<u64>) -> Vec<ClaimResult> {
+pub async fn fire_claims(
+    apis: &[SocketAddr],
+    claims: Vec<ClaimSpec>,
+    concurrency: usize,
+    rate_per_s: Option<u64>,
+) -> Vec<ClaimResult> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(30))
@@ -261,14 +292,30 @@ async fn claim_until_done(
     scheduled: tokio::time::Instant,
 ) -> ClaimResult {
     let url = format!("http://{api}/v1/accounts/{account}/interest/claims");
-    let mut result = ClaimResult { account, status: 0, first_status: 0, code: None, business_date: None, latency: Duration::ZERO };
-    let resp = client.post(&url).bearer_auth(TOKEN).header("Idempotency-Key", key).send().await;
+    let mut result = ClaimResult {
+        account,
+        status: 0,
+        first_status: 0,
+        code: None,
+        business_date: None,
+        latency: Duration::ZERO,
+    };
+    let resp = client
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .header("Idempotency-Key", key)
+        .send()
+        .await;
     let Ok(resp) = resp else {
         result.latency = scheduled.elapsed();
         return result;
     };
     result.first_status = resp.status().as_u16();
-    let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut status = result.first_status;
     // The database check after the run verifies payouts; parse bodies only where the client needs them.
     let mut body: serde_json::Value = if status == 201 {
@@ -281,11 +328,17 @@ async fn claim_until_done(
         let url = format!("http://{api}{}", location.unwrap_or_default());
         for _ in 0..600 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let Ok(r) = client.get(&url).bearer_auth(TOKEN).send().await else { continue };
+            let Ok(r) = client.get(&url).bearer_auth(TOKEN).send().await else {
+                continue;
+            };
             let s: serde_json::Value = r.json().await.unwrap_or_default();
             if s["state"] == "done" {
                 status = s["status"].as_u64().unwrap_or(0) as u16;
-                body = if status == 201 { s["payout"].clone() } else { s["problem"].clone() };
+                body = if status == 201 {
+                    s["payout"].clone()
+                } else {
+                    s["problem"].clone()
+                };
                 break;
             }
         }
@@ -303,5 +356,10 @@ pub fn percentiles(results: &[ClaimResult]) -> (u64, u64, u64, u64) {
     for r in results {
         let _ = h.record((r.latency.as_millis() as u64).clamp(1, 120_000));
     }
-    (h.value_at_quantile(0.50), h.value_at_quantile(0.95), h.value_at_quantile(0.99), h.max())
+    (
+        h.value_at_quantile(0.50),
+        h.value_at_quantile(0.95),
+        h.value_at_quantile(0.99),
+        h.max(),
+    )
 }

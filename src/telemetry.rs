@@ -9,7 +9,14 @@ use prometheus::{
 pub fn init_logs() {
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
-    let _ = fmt().with_env_filter(filter).with_target(false).json().flatten_event(true).try_init();
+    // Logs go to stderr: stdout carries command output (reports, JSON lines).
+    let _ = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .json()
+        .flatten_event(true)
+        .try_init();
 }
 
 #[derive(Clone)]
@@ -94,7 +101,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         use prometheus::Encoder;
         let mut buf = Vec::new();
-        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encode metrics");
         String::from_utf8(buf).expect("utf-8 metrics")
     }
 }

@@ -44,7 +44,10 @@ pub struct WorkerContext {
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for WorkerContext {}
@@ -98,6 +101,8 @@ pub struct Worker {
 const BATCH_LINGER: Duration = Duration::from_millis(15);
 /// How often consumer lag is measured (a broker round trip per partition).
 const LAG_INTERVAL: Duration = Duration::from_secs(3);
+/// A worker that received no partitions reports ready after this (an idle standby).
+const STANDBY_READY_AFTER: Duration = Duration::from_secs(15);
 /// Retry pause after a failed batch (database down, deadlock, fenced).
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
@@ -109,7 +114,11 @@ pub struct Decoded {
 }
 
 pub enum Input {
-    Snapshot { raw: Vec<u8>, key: Option<Vec<u8>>, parsed: Result<Snapshot, ParseError> },
+    Snapshot {
+        raw: Vec<u8>,
+        key: Option<Vec<u8>>,
+        parsed: Result<Snapshot, ParseError>,
+    },
     Claim(ClaimMessage),
     /// An internal message that does not parse (never produced by this code).
     Unreadable(String),
@@ -121,21 +130,31 @@ impl Worker {
         let consumer: StreamConsumer<WorkerContext> = kafka::consumer_config(&self.settings)
             .create_with_context(WorkerContext { log: log.clone() })
             .context("creating the consumer")?;
-        let (snapshots, claims) = (self.settings.topic(kafka::SNAPSHOTS), self.settings.topic(kafka::CLAIMS));
+        let (snapshots, claims) = (
+            self.settings.topic(kafka::SNAPSHOTS),
+            self.settings.topic(kafka::CLAIMS),
+        );
         consumer.subscribe(&[&snapshots, &claims]).context("subscribing")?;
         let mut owned: HashMap<(String, i32), Owned> = HashMap::new();
         let mut last_lag = Instant::now();
+        let started = Instant::now();
         let owner = format!("{}-{}", hostname(), std::process::id());
         tracing::info!(event = "worker_started", owner, "worker started");
         while !shutdown.is_cancelled() {
             let mut batch = self.collect(&consumer, &shutdown).await;
             self.absorb_rebalances(&log, &mut owned, &mut batch);
             if !batch.is_empty() {
-                self.apply_with_retry(&consumer, &mut owned, batch, &owner, &shutdown).await;
+                self.apply_with_retry(&consumer, &mut owned, batch, &owner, &shutdown)
+                    .await;
             }
             if last_lag.elapsed() > LAG_INTERVAL {
                 self.update_lag(&consumer, &owned);
                 last_lag = Instant::now();
+                // A member left without partitions (more workers than partitions) gets no
+                // assignment callback; after a while it is a ready, idle standby.
+                if started.elapsed() > STANDBY_READY_AFTER {
+                    self.status.lock().expect("status").joined = true;
+                }
             }
         }
         // Graceful: the last batch is committed; leave the group so only our partitions move.
@@ -145,7 +164,11 @@ impl Worker {
     }
 
     /// Waits for one message, then takes whatever else arrives within the linger.
-    async fn collect(&self, consumer: &StreamConsumer<WorkerContext>, shutdown: &CancellationToken) -> Vec<OwnedMessage> {
+    async fn collect(
+        &self,
+        consumer: &StreamConsumer<WorkerContext>,
+        shutdown: &CancellationToken,
+    ) -> Vec<OwnedMessage> {
         let mut batch = Vec::new();
         tokio::select! {
             biased;
@@ -168,7 +191,12 @@ impl Worker {
 
     /// Forgets revoked partitions (their unapplied messages are dropped: the
     /// next owner reads them from the offset stored in PostgreSQL).
-    fn absorb_rebalances(&self, log: &Mutex<RebalanceLog>, owned: &mut HashMap<(String, i32), Owned>, batch: &mut Vec<OwnedMessage>) {
+    fn absorb_rebalances(
+        &self,
+        log: &Mutex<RebalanceLog>,
+        owned: &mut HashMap<(String, i32), Owned>,
+        batch: &mut Vec<OwnedMessage>,
+    ) {
         let mut log = log.lock().expect("rebalance log");
         for tp in log.revoked.drain(..) {
             owned.remove(&tp);
@@ -199,7 +227,12 @@ impl Worker {
                 Ok(()) => return,
                 Err(BatchError::Fenced(tps)) => {
                     for tp in tps {
-                        tracing::warn!(event = "partition_fenced", topic = tp.0, partition = tp.1, "another worker owns it now");
+                        tracing::warn!(
+                            event = "partition_fenced",
+                            topic = tp.0,
+                            partition = tp.1,
+                            "another worker owns it now"
+                        );
                         owned.remove(&tp);
                         batch.retain(|m| !(m.topic() == tp.0 && m.partition() == tp.1));
                     }
@@ -231,17 +264,20 @@ impl Worker {
         let claims_topic = self.settings.topic(kafka::CLAIMS);
         for m in batch {
             let tp = (m.topic().to_owned(), m.partition());
-            if !owned.contains_key(&tp) {
-                let (next, epoch) = repo::own_partition(&self.pool, &tp.0, tp.1, owner).await?;
-                if tp.0 == claims_topic {
+            if let std::collections::hash_map::Entry::Vacant(slot) = owned.entry(tp) {
+                let (topic, partition) = slot.key().clone();
+                let (next, epoch) = repo::own_partition(&self.pool, &topic, partition, owner).await?;
+                if topic == claims_topic {
                     // A crashed owner's committed but unpublished payouts go out first.
-                    let _ = self.relay.send(crate::outbox::RelayWork::Sweep(vec![tp.1])).await;
+                    let _ = self.relay.send(crate::outbox::RelayWork::Sweep(vec![partition])).await;
                 }
-                owned.insert(tp, Owned { epoch, next });
+                slot.insert(Owned { epoch, next });
             }
         }
-        let fresh: Vec<&OwnedMessage> =
-            batch.iter().filter(|m| m.offset() >= owned[&(m.topic().to_owned(), m.partition())].next).collect();
+        let fresh: Vec<&OwnedMessage> = batch
+            .iter()
+            .filter(|m| m.offset() >= owned[&(m.topic().to_owned(), m.partition())].next)
+            .collect();
         let plans = self.plans_for(&fresh).await;
         let decoded: Vec<Decoded> = fresh.iter().map(|m| self.decode(m, &plans)).collect();
         let now = self.clock.now();
@@ -253,7 +289,14 @@ impl Worker {
         let mut accounts = repo::load_accounts(&mut tx, &ids, window_start, true).await?;
         let keys: Vec<String> = decoded.iter().filter_map(|d| d.claim_key()).collect();
         let stored_keys = repo::load_keys(&mut tx, &keys).await?;
-        let fx = apply(&mut accounts, stored_keys, &decoded, &plans, now, self.settings.claims_per_day);
+        let fx = apply(
+            &mut accounts,
+            stored_keys,
+            &decoded,
+            &plans,
+            now,
+            self.settings.claims_per_day,
+        );
         self.send_to_dlq(&fx.dlq).await?;
         let touched: Vec<&Account> = fx.touched.iter().filter_map(|id| accounts.get(id)).collect();
         repo::store_accounts(&mut tx, &touched).await?;
@@ -334,7 +377,12 @@ impl Worker {
                 Err(e) => Input::Unreadable(e.to_string()),
             }
         };
-        Decoded { topic: m.topic().to_owned(), partition: m.partition(), offset: m.offset(), input }
+        Decoded {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            input,
+        }
     }
 
     /// Dead letters are acknowledged by the broker before the offsets commit:
@@ -343,8 +391,14 @@ impl Worker {
         let topic = self.settings.topic(kafka::SNAPSHOTS_DLQ);
         let sends = dlq.iter().map(|d| {
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "error", value: Some(d.code) })
-                .insert(Header { key: "detail", value: Some(d.detail.as_str()) });
+                .insert(Header {
+                    key: "error",
+                    value: Some(d.code),
+                })
+                .insert(Header {
+                    key: "detail",
+                    value: Some(d.detail.as_str()),
+                });
             let key = String::from_utf8_lossy(d.key.as_deref().unwrap_or_default()).into_owned();
             let topic = topic.clone();
             async move { kafka::send(&self.producer, &topic, &key, &d.raw, Some(headers)).await }
@@ -357,7 +411,9 @@ impl Worker {
 
     fn record(&self, fx: &Effects, applied: usize) {
         let m = &self.metrics;
-        m.worker_batch_size.with_label_values(&["worker"]).observe(applied as f64);
+        m.worker_batch_size
+            .with_label_values(&["worker"])
+            .observe(applied as f64);
         for (label, n) in &fx.snapshot_counts {
             m.snapshots_total.with_label_values(&[label]).inc_by(*n);
         }
@@ -366,7 +422,9 @@ impl Worker {
         }
         for r in &fx.results {
             if r.replay_of.is_some() {
-                m.idempotent_replays_total.with_label_values(&[&r.status.to_string()]).inc();
+                m.idempotent_replays_total
+                    .with_label_values(&[&r.status.to_string()])
+                    .inc();
             }
         }
         for d in &fx.dlq {
@@ -377,11 +435,15 @@ impl Worker {
     fn update_lag(&self, consumer: &StreamConsumer<WorkerContext>, owned: &HashMap<(String, i32), Owned>) {
         let mut total = 0;
         for ((topic, p), o) in owned {
-            let fetched = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, *p, Duration::from_millis(200)));
+            let fetched =
+                tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, *p, Duration::from_millis(200)));
             if let Ok((_, high)) = fetched {
                 let lag = (high - o.next).max(0);
                 total += lag;
-                self.metrics.consumer_lag.with_label_values(&[topic, &p.to_string()]).set(lag);
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[topic, &p.to_string()])
+                    .set(lag);
             }
         }
         self.status.lock().expect("status").lag = total;
@@ -452,11 +514,25 @@ pub fn apply(
     for d in inputs {
         match &d.input {
             Input::Snapshot { raw, key, parsed } => apply_snapshot(accounts, &mut fx, raw, key, parsed, plans, now),
-            Input::Claim(ClaimMessage::Claim { claim_id, account_id, idempotency_key, accepted_at }) => {
-                let claim = ClaimIn { claim_id: *claim_id, account_id, key: idempotency_key, accepted_at: *accepted_at };
+            Input::Claim(ClaimMessage::Claim {
+                claim_id,
+                account_id,
+                idempotency_key,
+                accepted_at,
+            }) => {
+                let claim = ClaimIn {
+                    claim_id: *claim_id,
+                    account_id,
+                    key: idempotency_key,
+                    accepted_at: *accepted_at,
+                };
                 apply_claim(accounts, &mut keys, &mut fx, claim, d.partition, plans, claims_per_day);
             }
-            Input::Claim(ClaimMessage::Settle { account_id, date, run_at }) => {
+            Input::Claim(ClaimMessage::Settle {
+                account_id,
+                date,
+                run_at,
+            }) => {
                 if let Some(acc) = accounts.get_mut(account_id) {
                     if let Some(payout) = acc.settle(plans, *date, *run_at) {
                         push_payout(&mut fx, acc, payout, None, None, d.partition);
@@ -487,12 +563,20 @@ fn apply_snapshot(
                 Some(acc) => acc.apply_snapshot(snap, plans, now),
                 None => {
                     accounts.insert(id.clone(), Account::open(snap, plans));
-                    Ok(SnapshotOutcome::Applied { late: false, adjustment: Default::default() })
+                    Ok(SnapshotOutcome::Applied {
+                        late: false,
+                        adjustment: Default::default(),
+                    })
                 }
             };
             if let Ok(SnapshotOutcome::Applied { .. }) = result {
                 let acc = &accounts[&id];
-                let point = acc.points.iter().find(|p| p.seq == snap.seq).expect("just applied").clone();
+                let point = acc
+                    .points
+                    .iter()
+                    .find(|p| p.seq == snap.seq)
+                    .expect("just applied")
+                    .clone();
                 fx.new_points.push((id.clone(), point, acc.currency));
                 fx.touched.insert(id);
             }
@@ -503,7 +587,12 @@ fn apply_snapshot(
         Ok(o) => *fx.snapshot_counts.entry(o.label()).or_default() += 1,
         Err(e) => {
             *fx.snapshot_counts.entry("rejected").or_default() += 1;
-            fx.dlq.push(DeadLetter { raw: raw.to_vec(), key: key.clone(), code: e.code, detail: e.detail });
+            fx.dlq.push(DeadLetter {
+                raw: raw.to_vec(),
+                key: key.clone(),
+                code: e.code,
+                detail: e.detail,
+            });
         }
     }
 }
@@ -546,7 +635,11 @@ fn apply_claim(
             (result.status, result.body, result.replay_of) = (first.status, first.body.clone(), Some(first.claim_id));
         } else {
             result.status = 422;
-            result.body = problem("idempotency_key_reused", 422, "this Idempotency-Key was used for another account");
+            result.body = problem(
+                "idempotency_key_reused",
+                422,
+                "this Idempotency-Key was used for another account",
+            );
         }
         fx.results.push(result);
         return;
@@ -576,14 +669,21 @@ fn apply_claim(
     result.first_for_key = true;
     keys.insert(
         c.key.to_owned(),
-        KeyRecord { account_id: c.account_id.to_owned(), claim_id: c.claim_id, status: result.status, body: result.body.clone() },
+        KeyRecord {
+            account_id: c.account_id.to_owned(),
+            claim_id: c.claim_id,
+            status: result.status,
+            body: result.body.clone(),
+        },
     );
     fx.results.push(result);
 }
 
 fn refusal_detail(r: &crate::money::Refusal) -> &'static str {
     match r {
-        crate::money::Refusal::AlreadyClaimedToday { .. } => "this account already claimed today; the next claim opens at 00:00 KST",
+        crate::money::Refusal::AlreadyClaimedToday { .. } => {
+            "this account already claimed today; the next claim opens at 00:00 KST"
+        }
         crate::money::Refusal::NothingToClaim => "less than one unit of interest has accrued",
     }
 }

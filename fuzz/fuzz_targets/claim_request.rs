@@ -26,10 +26,16 @@ fuzz_target!(|data: &[u8]| {
     let content_type = parts.next().filter(|p| !p.is_empty());
     let body = parts.next().unwrap_or_default();
     // The router percent-decodes the path and hands the handler UTF-8 only.
-    let Ok(account) = std::str::from_utf8(account) else { return };
+    let Ok(account) = std::str::from_utf8(account) else {
+        return;
+    };
 
     let got = parse_claim_request(account, key, content_type, body);
-    assert_eq!(got, parse_claim_request(account, key, content_type, body), "deterministic");
+    assert_eq!(
+        got,
+        parse_claim_request(account, key, content_type, body),
+        "deterministic"
+    );
     let want = model(account, key, content_type, body);
     match (&got, want) {
         (Ok(req), Ok(())) => {
@@ -57,7 +63,9 @@ fn model(
     body: &[u8],
 ) -> Result<(), (&'static str, u16)> {
     let account_ok = (1..=64).contains(&account.len())
-        && account.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && account
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !account_ok {
         return Err(("invalid_account_id", 400));
     }
@@ -74,7 +82,9 @@ fn model(
     let json_type = content_type.is_some_and(|c| {
         let text = String::from_utf8_lossy(c);
         let essence = text.split(';').next().unwrap_or("");
-        essence.trim_matches(|ch: char| ch.is_ascii_whitespace()).eq_ignore_ascii_case("application/json")
+        essence
+            .trim_matches(|ch: char| ch.is_ascii_whitespace())
+            .eq_ignore_ascii_case("application/json")
     });
     if !json_type {
         return Err(("unsupported_media_type", 415));

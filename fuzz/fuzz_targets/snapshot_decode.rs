@@ -46,7 +46,12 @@ fuzz_target!(|data: &[u8]| {
     let decoded = decode_snapshot(data, plans);
     assert_eq!(decoded, decode_snapshot(data, plans), "decoding is deterministic");
     match decoded {
-        Err(e) => assert!(CODES.contains(&e.code), "unknown reason code {:?} ({})", e.code, e.detail),
+        Err(e) => assert!(
+            CODES.contains(&e.code),
+            "unknown reason code {:?} ({})",
+            e.code,
+            e.detail
+        ),
         Ok(s) => check_accepted(data, &s, plans),
     }
 });
@@ -54,7 +59,9 @@ fuzz_target!(|data: &[u8]| {
 fn check_accepted(data: &[u8], s: &Snapshot, plans: &Plans) {
     assert!(data.len() <= SNAPSHOT_BYTES_MAX);
     assert!(s.seq >= 1 && s.seq <= i64::MAX as u64, "seq {}", s.seq);
-    let balance_max = AMOUNT_MAJOR_MAX.checked_mul(s.currency.minor_per_major()).expect("bound fits");
+    let balance_max = AMOUNT_MAJOR_MAX
+        .checked_mul(s.currency.minor_per_major())
+        .expect("bound fits");
     assert!((0..=balance_max).contains(&s.balance.0), "balance {:?}", s.balance);
     assert_eq!(AccountId::try_from(s.account_id.as_str()).as_ref(), Ok(&s.account_id));
     let plan_id = s.plan.as_deref().or(plans.default_id()).expect("a plan applies");
@@ -63,14 +70,22 @@ fn check_accepted(data: &[u8], s: &Snapshot, plans: &Plans) {
 
     let account = Account::open(s, plans);
     for later in [Duration::zero(), Duration::seconds(1), Duration::days(1)] {
-        let Some(at) = s.as_of.checked_add_signed(later) else { continue };
+        let Some(at) = s.as_of.checked_add_signed(later) else {
+            continue;
+        };
         let view = account.view(plans, at, 1);
         assert_eq!(view.balance, s.balance);
         assert!(view.claimable.0 >= 0);
         let shown = view.to_json(&s.account_id, s.currency);
-        assert_eq!(shown["balance"], Value::from(s.currency.to_decimal(s.balance).to_string()));
+        assert_eq!(
+            shown["balance"],
+            Value::from(s.currency.to_decimal(s.balance).to_string())
+        );
         let as_of = shown["as_of"].as_str().unwrap_or_default();
-        assert!(is_api_timestamp(as_of), "as_of {as_of:?} is not an openapi.yaml Timestamp");
+        assert!(
+            is_api_timestamp(as_of),
+            "as_of {as_of:?} is not an openapi.yaml Timestamp"
+        );
     }
 
     let encoded = encode(s);
@@ -85,7 +100,10 @@ fn check_accepted(data: &[u8], s: &Snapshot, plans: &Plans) {
 fn is_api_timestamp(text: &str) -> bool {
     let shape = b"dddd-dd-ddTdd:dd:dd.ddd+09:00";
     text.len() == shape.len()
-        && text.bytes().zip(shape.iter()).all(|(c, &want)| if want == b'd' { c.is_ascii_digit() } else { c == want })
+        && text
+            .bytes()
+            .zip(shape.iter())
+            .all(|(c, &want)| if want == b'd' { c.is_ascii_digit() } else { c == want })
 }
 
 /// The snapshot as core banking would send it, with the balance as a decimal string.

@@ -31,6 +31,7 @@ use crate::money::Currency;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub check: &'static str,
+    /// Empty for a problem of the whole date.
     pub account_id: String,
     pub detail: String,
 }
@@ -69,12 +70,20 @@ pub async fn run(settings: &Settings, args: &ReconcileArgs) -> anyhow::Result<()
     }
     println!("reconcile {}: {n} problem(s)", day.date);
     for p in report.problems.iter().take(args.show_max as usize) {
-        println!("  ({}) account {}: {}", p.check, p.account_id, p.detail);
+        match p.account_id.as_str() {
+            "" => println!("  ({}) {}", p.check, p.detail),
+            account => println!("  ({}) account {account}: {}", p.check, p.detail),
+        }
     }
     if n > args.show_max as usize {
         println!("  ... and {} more", n - args.show_max as usize);
     }
-    let accounts: std::collections::BTreeSet<&str> = report.problems.iter().map(|p| p.account_id.as_str()).collect();
+    let accounts: std::collections::BTreeSet<&str> = report
+        .problems
+        .iter()
+        .map(|p| p.account_id.as_str())
+        .filter(|a| !a.is_empty())
+        .collect();
     anyhow::bail!(
         "reconcile {}: {n} problem(s) on {} account(s)",
         day.date,
@@ -282,8 +291,8 @@ async fn check_journal(pool: &PgPool, day: &Day, report: &mut Report) -> anyhow:
         ));
         report.fail(
             "b",
-            "-",
-            format!("close-day for {} started but did not complete", day.date),
+            "",
+            format!("close-day for {} started but did not complete; rerun it", day.date),
         );
         return Ok(());
     };

@@ -409,8 +409,16 @@ impl Account {
             accepted_at,
             accrued,
             carried_in,
-            carried_out: if plan.fraction == FractionRule::Carry { remainder } else { Accrued::ZERO },
-            dropped: if plan.fraction == FractionRule::Drop { remainder } else { Accrued::ZERO },
+            carried_out: if plan.fraction == FractionRule::Carry {
+                remainder
+            } else {
+                Accrued::ZERO
+            },
+            dropped: if plan.fraction == FractionRule::Drop {
+                remainder
+            } else {
+                Accrued::ZERO
+            },
         };
         debug_assert_eq!(
             Accrued::from_minor(payout.gross) + payout.carried_out + payout.dropped,

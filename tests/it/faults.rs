@@ -33,19 +33,43 @@ async fn claim_with_retries(apis: &[Api], account: &str, key: &str, limit: Durat
         let api = &apis[attempts % apis.len()];
         attempts += 1;
         let url = format!("http://{}/v1/accounts/{account}/interest/claims", api.http);
-        let sent = api.client.post(&url).bearer_auth(crate::harness::TOKEN).header("Idempotency-Key", key).send().await;
+        let sent = api
+            .client
+            .post(&url)
+            .bearer_auth(crate::harness::TOKEN)
+            .header("Idempotency-Key", key)
+            .send()
+            .await;
         if let Ok(r) = sent {
             let status = r.status().as_u16();
-            let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let location = r.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let location = r
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body: serde_json::Value = r.json().await.unwrap_or_default();
-            assert!(status < 500 || status == 503, "{account}: a 5xx other than 503: {status} {body}");
+            assert!(
+                status < 500 || status == 503,
+                "{account}: a 5xx other than 503: {status} {body}"
+            );
             if status == 503 {
                 assert!(retry_after.is_some(), "503 without Retry-After");
             }
             let transient = status == 503 || (status == 409 && body["code"] == "claim_in_progress");
             if !transient {
-                let answer = Answer { status, replayed: false, location, content_type: String::new(), retry_after, body };
+                let answer = Answer {
+                    status,
+                    replayed: false,
+                    location,
+                    content_type: String::new(),
+                    retry_after,
+                    body,
+                };
                 return (answer, attempts);
             }
         }
@@ -64,16 +88,37 @@ async fn spike(apis: Vec<Api>, accounts: Vec<String>) -> HashMap<String, (Answer
             (a, r)
         })
     });
-    futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect()
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
 }
 
 /// Every account whose claim was answered 201 or 202 is paid exactly once
 /// (202s are waited for); nothing else is paid.
 async fn assert_paid_exactly_once(env: &Env, answers: &HashMap<String, (Answer, usize)>) {
-    let accepted: Vec<&String> = answers.iter().filter(|(_, (a, _))| a.status == 201 || a.status == 202).map(|(k, _)| k).collect();
-    assert_eq!(accepted.len(), answers.len(), "every claim was finally accepted: {:?}",
-        answers.values().filter(|(a, _)| a.status != 201 && a.status != 202).map(|(a, _)| (a.status, a.body.clone())).take(3).collect::<Vec<_>>());
-    env.wait_count("SELECT count(DISTINCT account_id) FROM interest_payouts", accepted.len() as i64).await;
+    let accepted: Vec<&String> = answers
+        .iter()
+        .filter(|(_, (a, _))| a.status == 201 || a.status == 202)
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        accepted.len(),
+        answers.len(),
+        "every claim was finally accepted: {:?}",
+        answers
+            .values()
+            .filter(|(a, _)| a.status != 201 && a.status != 202)
+            .map(|(a, _)| (a.status, a.body.clone()))
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    env.wait_count(
+        "SELECT count(DISTINCT account_id) FROM interest_payouts",
+        accepted.len() as i64,
+    )
+    .await;
     let twice: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT account_id FROM interest_payouts GROUP BY account_id HAVING count(*) > 1) t",
     )
@@ -81,12 +126,16 @@ async fn assert_paid_exactly_once(env: &Env, answers: &HashMap<String, (Answer, 
     .await
     .unwrap();
     assert_eq!(twice, 0, "an account was paid twice");
-    let rows = sqlx::query("SELECT account_id FROM interest_payouts").fetch_all(&env.pool).await.unwrap();
+    let rows = sqlx::query("SELECT account_id FROM interest_payouts")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
     for r in rows {
         let a: String = r.get(0);
         assert!(answers.contains_key(&a), "{a} was paid without an accepted claim");
     }
-    env.wait_count("SELECT count(*) FROM payout_outbox WHERE published_at IS NULL", 0).await;
+    env.wait_count("SELECT count(*) FROM payout_outbox WHERE published_at IS NULL", 0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,10 +172,19 @@ async fn the_api_drains_in_flight_claims_on_sigterm() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     api.sigterm();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let ready = api.client.get(format!("http://{}/readyz", api.admin)).send().await.map(|r| r.status().as_u16());
+    let ready = api
+        .client
+        .get(format!("http://{}/readyz", api.admin))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
     assert_eq!(ready.ok(), Some(503), "readiness fails at once");
     let answers = inflight.await.unwrap();
-    assert!(answers.iter().all(|a| a.status == 202), "in-flight claims are answered (durable, 202): {:?}", answers.iter().map(|a| a.status).collect::<Vec<_>>());
+    assert!(
+        answers.iter().all(|a| a.status == 202),
+        "in-flight claims are answered (durable, 202): {:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
     tokio::task::block_in_place(|| api.wait_exit(Duration::from_secs(15)));
     // The accepted claims complete once a worker runs.
     let _w = env.serve("worker", &[]).await;
@@ -145,8 +203,15 @@ async fn load_without_worker(env: &Env, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_apis_and_three_workers_killed_at_random_lose_and_double_nothing() {
     let env = Env::new(4).await;
-    let mut apis = vec![env.serve("api", &[("CLAIM_WAIT_MS", "1000")]).await, env.serve("api", &[("CLAIM_WAIT_MS", "1000")]).await];
-    let mut workers = vec![env.serve("worker", &[]).await, env.serve("worker", &[]).await, env.serve("worker", &[]).await];
+    let mut apis = [
+        env.serve("api", &[("CLAIM_WAIT_MS", "1000")]).await,
+        env.serve("api", &[("CLAIM_WAIT_MS", "1000")]).await,
+    ];
+    let mut workers = [
+        env.serve("worker", &[]).await,
+        env.serve("worker", &[]).await,
+        env.serve("worker", &[]).await,
+    ];
     let accounts = load(&env, 200).await;
     let clients: Vec<Api> = apis.iter().map(|s| s.api.clone()).collect();
     let run = tokio::spawn(spike(clients, accounts));
@@ -155,7 +220,10 @@ async fn two_apis_and_three_workers_killed_at_random_lose_and_double_nothing() {
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let (a, w) = ((seed >> 33) as usize % apis.len(), (seed >> 17) as usize % workers.len());
+        let (a, w) = (
+            (seed >> 33) as usize % apis.len(),
+            (seed >> 17) as usize % workers.len(),
+        );
         workers[w].kill();
         workers[w] = env.serve("worker", &[]).await;
         let http = apis[a].api.http;
@@ -193,7 +261,12 @@ async fn a_ten_second_database_outage_gives_503_and_recovers_by_itself() {
     for a in rest.iter().take(20) {
         let r = api.claim(a, &format!("fault-{a}")).await;
         *seen.entry(r.status).or_insert(0) += 1;
-        assert!(r.status == 503 || r.status == 202, "during the outage: {} {}", r.status, r.body);
+        assert!(
+            r.status == 503 || r.status == 202,
+            "during the outage: {} {}",
+            r.status,
+            r.body
+        );
         if r.status == 503 {
             assert!(r.retry_after.is_some());
             assert!(r.content_type.starts_with("application/problem+json"));
@@ -203,7 +276,10 @@ async fn a_ten_second_database_outage_gives_503_and_recovers_by_itself() {
     ctl("start");
     let up_at = Instant::now();
     let after = spike(vec![api.api.clone()], rest.to_vec()).await;
-    eprintln!("faults: outage answers {seen:?}; recovered and answered the rest in {:?}", up_at.elapsed());
+    eprintln!(
+        "faults: outage answers {seen:?}; recovered and answered the rest in {:?}",
+        up_at.elapsed()
+    );
     let mut all = before;
     all.extend(after);
     // The env's pool reconnects by itself.

@@ -66,6 +66,7 @@ async fn fin_env(partitions: i32) -> Env {
         .command(&["plans", "import", path.to_str().unwrap()])
         .output()
         .unwrap();
+    let _ = std::fs::remove_file(&path);
     assert!(
         out.status.success(),
         "plans import: {}",

@@ -31,6 +31,9 @@ pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// A consumed message: key, JSON value, headers.
+pub type Record = (Option<String>, Value, Vec<(String, String)>);
+
 pub struct Env {
     pub name: String,
     pub db_url: String,
@@ -44,10 +47,18 @@ impl Env {
     /// A fresh database (migrated, example plans imported) and fresh topics.
     pub async fn new(partitions: i32) -> Env {
         let name = format!("it_{}", uuid::Uuid::new_v4().simple());
-        let admin = PgPool::connect(&admin_db_url()).await.expect("PostgreSQL at TEST_DATABASE_URL (run scripts/infra-up)");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+        let admin = PgPool::connect(&admin_db_url())
+            .await
+            .expect("PostgreSQL at TEST_DATABASE_URL (run scripts/infra-up)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
         admin.close().await;
-        let db_url = admin_db_url().rsplit_once('/').map(|(base, _)| format!("{base}/{name}")).unwrap();
+        let db_url = admin_db_url()
+            .rsplit_once('/')
+            .map(|(base, _)| format!("{base}/{name}"))
+            .unwrap();
         let pool = PgPool::connect(&db_url).await.unwrap();
         interest_now::repo::migrate(&pool).await.unwrap();
         let env = Env {
@@ -64,21 +75,40 @@ impl Env {
             partitions,
         };
         env.create_topics().await;
-        let out = env.command(&["plans", "import", "examples/plans.json"]).output().unwrap();
-        assert!(out.status.success(), "plans import: {}", String::from_utf8_lossy(&out.stderr));
+        let out = env
+            .command(&["plans", "import", "examples/plans.json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "plans import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         env
     }
 
     async fn create_topics(&self) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
-        let names: Vec<String> = ["balance-snapshots", "balance-snapshots.dlq", "interest-claims", "interest-payouts"]
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+        let names: Vec<String> = [
+            "balance-snapshots",
+            "balance-snapshots.dlq",
+            "interest-claims",
+            "interest-payouts",
+        ]
+        .iter()
+        .map(|t| self.topic(t))
+        .collect();
+        let topics: Vec<NewTopic> = names
             .iter()
-            .map(|t| self.topic(t))
+            .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(1)))
             .collect();
-        let topics: Vec<NewTopic> =
-            names.iter().map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(1))).collect();
-        let results = admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics");
+        let results = admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("create topics");
         for r in results {
             r.expect("topic created");
         }
@@ -111,14 +141,28 @@ impl Env {
     /// Like `serve`, on a given HTTP address (to restart an API where clients expect it).
     pub async fn serve_on(&self, role: &str, http: SocketAddr, extra: &[(&str, &str)]) -> Service {
         let admin = free_addr();
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}-{role}-{}.log", self.name, admin.port()))).unwrap();
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("{}-{role}-{}.log", self.name, admin.port())))
+                .unwrap();
         let mut cmd = self.command(&["serve", "--role", role]);
-        cmd.env("HTTP_ADDR", http.to_string()).env("ADMIN_ADDR", admin.to_string());
+        cmd.env("HTTP_ADDR", http.to_string())
+            .env("ADMIN_ADDR", admin.to_string());
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let child = cmd.stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).spawn().unwrap();
-        let svc = Service { child, admin, api: Api { http, client: reqwest::Client::new() } };
+        let child = cmd
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let svc = Service {
+            child,
+            admin,
+            api: Api {
+                http,
+                client: reqwest::Client::new(),
+            },
+        };
         svc.wait_ready().await;
         svc
     }
@@ -126,14 +170,19 @@ impl Env {
     pub async fn produce(&self, topic: &str, key: &str, payload: &str) {
         let topic = self.topic(topic);
         self.producer
-            .send(FutureRecord::to(&topic).key(key).payload(payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("produce");
     }
 
     pub async fn snapshot(&self, account: &str, seq: u64, balance: &str, as_of: &str) {
-        let json = format!(r#"{{"account_id":"{account}","seq":{seq},"balance":"{balance}","currency":"KRW","as_of":"{as_of}"}}"#);
+        let json = format!(
+            r#"{{"account_id":"{account}","seq":{seq},"balance":"{balance}","currency":"KRW","as_of":"{as_of}"}}"#
+        );
         self.produce("balance-snapshots", account, &json).await;
     }
 
@@ -145,7 +194,10 @@ impl Env {
             if n == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {sql} = {want} (now {n})");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {sql} = {want} (now {n})"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -156,14 +208,20 @@ impl Env {
     }
 
     pub async fn payout_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM interest_payouts").fetch_one(&self.pool).await.unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM interest_payouts")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     /// Reads every message of a topic from the beginning (bounded wait).
-    pub fn read_topic(&self, name: &str, want: usize) -> Vec<(Option<String>, Value, Vec<(String, String)>)> {
+    pub fn read_topic(&self, name: &str, want: usize) -> Vec<Record> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers())
-            .set("group.id", format!("{}-reader-{}", self.name, uuid::Uuid::new_v4().simple()))
+            .set(
+                "group.id",
+                format!("{}-reader-{}", self.name, uuid::Uuid::new_v4().simple()),
+            )
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .create()
@@ -177,12 +235,20 @@ impl Env {
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
                 let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-                let payload = m.payload().map(|p| serde_json::from_slice(p).unwrap_or(Value::Null)).unwrap_or(Value::Null);
+                let payload = m
+                    .payload()
+                    .map(|p| serde_json::from_slice(p).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
                 out.push((key, payload, headers));
             }
         }
@@ -192,7 +258,9 @@ impl Env {
     pub async fn drop_db(self) {
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&admin_db_url()).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&admin).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .execute(&admin)
+                .await;
         }
     }
 }
@@ -234,7 +302,9 @@ impl Service {
     }
 
     pub fn sigterm(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
     }
 
     pub fn kill(&mut self) {
@@ -287,12 +357,25 @@ impl Api {
 
     pub async fn claim(&self, account: &str, key: &str) -> Answer {
         let url = format!("http://{}/v1/accounts/{account}/interest/claims", self.http);
-        let r = self.client.post(url).bearer_auth(TOKEN).header("Idempotency-Key", key).send().await.unwrap();
+        let r = self
+            .client
+            .post(url)
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", key)
+            .send()
+            .await
+            .unwrap();
         Self::answer(r).await
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        let r = self.client.get(format!("http://{}{path}", self.http)).bearer_auth(TOKEN).send().await.unwrap();
+        let r = self
+            .client
+            .get(format!("http://{}{path}", self.http))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         Self::answer(r).await
     }
 
@@ -308,7 +391,11 @@ impl Api {
             let s = self.get(&location).await;
             if s.body["state"] == "done" {
                 let status = s.body["status"].as_u64().unwrap() as u16;
-                let body = if status == 201 { s.body["payout"].clone() } else { s.body["problem"].clone() };
+                let body = if status == 201 {
+                    s.body["payout"].clone()
+                } else {
+                    s.body["problem"].clone()
+                };
                 return Answer { status, body, ..first };
             }
             assert!(Instant::now() < deadline, "claim {location} never finished");

@@ -86,8 +86,13 @@ fn cases() -> Vec<Case> {
         Case::claim("empty Idempotency-Key", ok, 400, "idempotency_key_invalid").key(HeaderValue::from_static("")),
         Case::claim("Idempotency-Key with a tab", ok, 400, "idempotency_key_invalid")
             .key(HeaderValue::from_static("tab\tkey")),
-        Case::claim("Idempotency-Key with a non-ASCII byte", ok, 400, "idempotency_key_invalid")
-            .key(HeaderValue::from_bytes(b"caf\xe9-key").unwrap()),
+        Case::claim(
+            "Idempotency-Key with a non-ASCII byte",
+            ok,
+            400,
+            "idempotency_key_invalid",
+        )
+        .key(HeaderValue::from_bytes(b"caf\xe9-key").unwrap()),
         Case::claim("Idempotency-Key of 256 characters", ok, 400, "idempotency_key_invalid")
             .key(HeaderValue::from_str(&"k".repeat(256)).unwrap()),
         // Authorization
@@ -98,12 +103,25 @@ fn cases() -> Vec<Case> {
         Case::claim("empty bearer token", ok, 401, "unauthorized").auth(Some("Bearer ")),
         Case::claim("a token's prefix", ok, 401, "unauthorized").auth(Some(&format!("Bearer {}", &TOKEN[..4]))),
         Case::claim("a token with a suffix", ok, 401, "unauthorized").auth(Some(&format!("Bearer {TOKEN}x"))),
-        Case::request("interest view without a token", M::GET, "/v1/accounts/known-acct/interest", 401, "unauthorized")
-            .auth(None),
-        Case::request("claim status without a token", M::GET, &format!("/v1/claims/{}", uuid::Uuid::nil()), 401, "unauthorized")
-            .auth(None),
+        Case::request(
+            "interest view without a token",
+            M::GET,
+            "/v1/accounts/known-acct/interest",
+            401,
+            "unauthorized",
+        )
+        .auth(None),
+        Case::request(
+            "claim status without a token",
+            M::GET,
+            &format!("/v1/claims/{}", uuid::Uuid::nil()),
+            401,
+            "unauthorized",
+        )
+        .auth(None),
         // Body
-        Case::claim("body of 1025 bytes", ok, 413, "body_too_large").body(json, format!("{{\"p\":\"{}\"}}", "x".repeat(1017))),
+        Case::claim("body of 1025 bytes", ok, 413, "body_too_large")
+            .body(json, format!("{{\"p\":\"{}\"}}", "x".repeat(1017))),
         Case::claim("body of 16 KiB", ok, 413, "body_too_large").body(json, vec![b' '; 16 * 1024]),
         Case::claim("non-JSON body sent as JSON", ok, 400, "invalid_body").body(json, "claim please"),
         Case::claim("truncated JSON", ok, 400, "invalid_body").body(json, "{\"a\":"),
@@ -114,35 +132,106 @@ fn cases() -> Vec<Case> {
         Case::claim("form body", ok, 415, "unsupported_media_type").body("application/x-www-form-urlencoded", "a=1"),
         // Account id in the path
         Case::claim("account id with a space", "a%20b", 400, "invalid_account_id"),
-        Case::claim("account id of 65 characters", &"a".repeat(65), 400, "invalid_account_id"),
+        Case::claim(
+            "account id of 65 characters",
+            &"a".repeat(65),
+            400,
+            "invalid_account_id",
+        ),
         Case::claim("account id in Unicode", "%C3%A9t%C3%A9", 400, "invalid_account_id"),
         Case::claim("account id with a dot", "a.b", 400, "invalid_account_id"),
         Case::claim("account id with an encoded slash", "a%2Fb", 400, "invalid_account_id"),
-        Case::request("interest view of a bad account id", M::GET, "/v1/accounts/a%20b/interest", 400, "invalid_account_id"),
-        Case::request("empty account id", M::GET, "/v1/accounts//interest", 400, "invalid_account_id"),
+        Case::request(
+            "interest view of a bad account id",
+            M::GET,
+            "/v1/accounts/a%20b/interest",
+            400,
+            "invalid_account_id",
+        ),
+        Case::request(
+            "empty account id",
+            M::GET,
+            "/v1/accounts//interest",
+            400,
+            "invalid_account_id",
+        ),
         // Checks run in the documented order: account, key, body.
         Case::claim("bad account and no key", "a%20b", 400, "invalid_account_id").no_key(),
-        Case::claim("no key and a bad body", ok, 400, "idempotency_key_invalid").no_key().body("text/plain", "x"),
+        Case::claim("no key and a bad body", ok, 400, "idempotency_key_invalid")
+            .no_key()
+            .body("text/plain", "x"),
         // Routes and methods
         Case::request("unknown route", M::GET, "/v1/nope", 404, "not_found"),
-        Case::request("unknown route without a token", M::GET, "/v2/accounts/a/interest", 404, "not_found").auth(None),
+        Case::request(
+            "unknown route without a token",
+            M::GET,
+            "/v2/accounts/a/interest",
+            404,
+            "not_found",
+        )
+        .auth(None),
         Case::request("root", M::GET, "/", 404, "not_found"),
-        Case::request("GET on the claims route", M::GET, "/v1/accounts/known-acct/interest/claims", 405, "method_not_allowed"),
-        Case::request("DELETE on the interest route", M::DELETE, "/v1/accounts/known-acct/interest", 405, "method_not_allowed"),
-        Case::request("POST on a claim", M::POST, &format!("/v1/claims/{}", uuid::Uuid::nil()), 405, "method_not_allowed"),
+        Case::request(
+            "GET on the claims route",
+            M::GET,
+            "/v1/accounts/known-acct/interest/claims",
+            405,
+            "method_not_allowed",
+        ),
+        Case::request(
+            "DELETE on the interest route",
+            M::DELETE,
+            "/v1/accounts/known-acct/interest",
+            405,
+            "method_not_allowed",
+        ),
+        Case::request(
+            "POST on a claim",
+            M::POST,
+            &format!("/v1/claims/{}", uuid::Uuid::nil()),
+            405,
+            "method_not_allowed",
+        ),
         // Claim ids
-        Case::request("malformed claim id", M::GET, "/v1/claims/not-a-uuid", 400, "invalid_claim_id"),
-        Case::request("claim id too long", M::GET, &format!("/v1/claims/{}0", uuid::Uuid::nil()), 400, "invalid_claim_id"),
-        Case::request("unknown claim id", M::GET, &format!("/v1/claims/{}", uuid::Uuid::now_v7()), 404, "unknown_claim"),
+        Case::request(
+            "malformed claim id",
+            M::GET,
+            "/v1/claims/not-a-uuid",
+            400,
+            "invalid_claim_id",
+        ),
+        Case::request(
+            "claim id too long",
+            M::GET,
+            &format!("/v1/claims/{}0", uuid::Uuid::nil()),
+            400,
+            "invalid_claim_id",
+        ),
+        Case::request(
+            "unknown claim id",
+            M::GET,
+            &format!("/v1/claims/{}", uuid::Uuid::now_v7()),
+            404,
+            "unknown_claim",
+        ),
         // Unknown account (the request is valid; the answer comes from the worker)
-        Case::request("interest view of an unknown account", M::GET, "/v1/accounts/nobody/interest", 404, "unknown_account"),
+        Case::request(
+            "interest view of an unknown account",
+            M::GET,
+            "/v1/accounts/nobody/interest",
+            404,
+            "unknown_account",
+        ),
         Case::claim("claim for an unknown account", "nobody", 404, "unknown_account"),
     ]
 }
 
 async fn send(svc: &Service, case: &Case) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let url = format!("http://{}{}", svc.http, case.path);
-    let mut req = svc.client.request(case.method.clone(), url).timeout(Duration::from_secs(20));
+    let mut req = svc
+        .client
+        .request(case.method.clone(), url)
+        .timeout(Duration::from_secs(20));
     if let Some(auth) = &case.auth {
         req = req.header(AUTHORIZATION, auth);
     }
@@ -199,8 +288,13 @@ fn check(case: &Case, status: u16, headers: &reqwest::header::HeaderMap, body: &
 async fn start(extra: &[(&str, &str)]) -> (Env, Service) {
     let env = Env::new(1).await;
     let svc = env.serve("all", extra).await;
-    env.snapshot("known-acct", 1, "1000000", &interest_now::money::types::format_instant(chrono::Utc::now()))
-        .await;
+    env.snapshot(
+        "known-acct",
+        1,
+        "1000000",
+        &interest_now::money::types::format_instant(chrono::Utc::now()),
+    )
+    .await;
     env.wait_accounts(1).await;
     (env, svc)
 }
@@ -213,7 +307,13 @@ async fn bad_requests_get_their_problem() {
         let (status, headers, body) = send(&svc, &case).await;
         failures.extend(check(&case, status, &headers, &body));
     }
-    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), cases().len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        cases().len(),
+        failures.join("\n")
+    );
     // Nothing above was a payable claim.
     assert_eq!(env.payout_count().await, 0);
     drop(svc);
@@ -228,8 +328,20 @@ async fn undecodable_path_segments_get_a_problem() {
     let (env, svc) = start(&[]).await;
     let cases = [
         Case::claim("account id not UTF-8", "%FF", 400, "invalid_account_id"),
-        Case::request("interest view, id not UTF-8", Method::GET, "/v1/accounts/%C3%28/interest", 400, "invalid_account_id"),
-        Case::request("claim id not UTF-8", Method::GET, "/v1/claims/%FF", 400, "invalid_claim_id"),
+        Case::request(
+            "interest view, id not UTF-8",
+            Method::GET,
+            "/v1/accounts/%C3%28/interest",
+            400,
+            "invalid_account_id",
+        ),
+        Case::request(
+            "claim id not UTF-8",
+            Method::GET,
+            "/v1/claims/%FF",
+            400,
+            "invalid_claim_id",
+        ),
     ];
     let mut failures = Vec::new();
     for case in &cases {
@@ -252,7 +364,9 @@ async fn bearer_tokens_never_reach_the_log() {
     let bad = format!("Bearer {wrong}");
     let requests = [
         Case::claim("good token", "known-acct", 422, "").auth(Some(&good)),
-        Case::claim("good token, bad key", "known-acct", 400, "").auth(Some(&good)).no_key(),
+        Case::claim("good token, bad key", "known-acct", 400, "")
+            .auth(Some(&good))
+            .no_key(),
         Case::claim("wrong token", "known-acct", 401, "").auth(Some(&bad)),
         Case::request("view", Method::GET, "/v1/accounts/known-acct/interest", 200, "").auth(Some(&good)),
         Case::request("unknown route", Method::GET, "/v1/nope", 404, "").auth(Some(&good)),
@@ -266,9 +380,17 @@ async fn bearer_tokens_never_reach_the_log() {
     svc.wait_exit(Duration::from_secs(30));
     let log_path = std::env::temp_dir().join(format!("{}-all-{}.log", env.name, svc.admin.port()));
     let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
-    assert!(log.contains("\"serving\""), "not the service's log: {}", log_path.display());
+    assert!(
+        log.contains("\"serving\""),
+        "not the service's log: {}",
+        log_path.display()
+    );
     for (what, token) in [("the configured token", &secret), ("the wrong token", &wrong)] {
-        assert!(!log.contains(token.as_str()), "{what} appears in {}", log_path.display());
+        assert!(
+            !log.contains(token.as_str()),
+            "{what} appears in {}",
+            log_path.display()
+        );
     }
     drop(svc);
     env.drop_db().await;

@@ -1,7 +1,7 @@
 //! The one integration-test binary (one link, fast CI). Modules by feature.
 
-mod finance;
 mod faults;
+mod finance;
 mod harness;
 mod hostile;
 mod money_rules;

@@ -30,14 +30,24 @@ async fn a_snapshot_then_a_claim_pays_what_simulate_pays() {
     let p = &paid.body;
     // The same script through the simulator, at the instant the API fixed.
     let plans_json = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/plans.json")).unwrap();
-    let sim_plans = interest_now::money::Plans::new(interest_now::money::PlanFile::parse(&plans_json).unwrap(), None).unwrap();
+    let sim_plans =
+        interest_now::money::Plans::new(interest_now::money::PlanFile::parse(&plans_json).unwrap(), None).unwrap();
     let script = [
         crate::support::snapshot("alice", 1, "123456789", &as_of),
         crate::support::claim("alice", p["accepted_at"].as_str().unwrap(), "k-1"),
     ];
     let sim = check(sim_plans, Options::default(), &script);
     let s = &sim[1]["payout"];
-    for field in ["gross", "income_tax", "local_tax", "rural_tax", "net", "period_start", "period_end", "business_date"] {
+    for field in [
+        "gross",
+        "income_tax",
+        "local_tax",
+        "rural_tax",
+        "net",
+        "period_start",
+        "period_end",
+        "business_date",
+    ] {
         assert_eq!(p[field], s[field], "{field}");
     }
     assert_eq!(env.payout_count().await, 1);
@@ -70,7 +80,11 @@ async fn idempotency_keys_replay_refuse_and_never_pay_twice() {
     let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
     assert!(statuses.iter().all(|s| [201, 409].contains(s)), "{statuses:?}");
     assert!(statuses.contains(&201));
-    let paid: HashSet<String> = answers.iter().filter(|a| a.status == 201).map(|a| a.body["payout_id"].to_string()).collect();
+    let paid: HashSet<String> = answers
+        .iter()
+        .filter(|a| a.status == 201)
+        .map(|a| a.body["payout_id"].to_string())
+        .collect();
     assert_eq!(paid.len(), 1, "every 201 shows the same payout");
     for a in answers.iter().filter(|a| a.status == 409) {
         assert_eq!(a.body["code"], "claim_in_progress");
@@ -89,7 +103,13 @@ async fn claims_either_side_of_midnight_get_their_own_business_date() {
     let svc = env.serve("all", &[("CLOCK_OFFSET_SECONDS", &offset.to_string())]).await;
     let service_now = || Utc::now() + Dur::seconds(offset);
     // 10^12 won earns about 634 won a second.
-    env.snapshot("dave", 1, "1000000000000", &format_instant(service_now() - Dur::hours(1))).await;
+    env.snapshot(
+        "dave",
+        1,
+        "1000000000000",
+        &format_instant(service_now() - Dur::hours(1)),
+    )
+    .await;
     env.wait_accounts(1).await;
     let until = |t: chrono::DateTime<Utc>| (t - service_now()).to_std().unwrap_or_default();
     tokio::time::sleep(until(next_midnight - Dur::milliseconds(700))).await;
@@ -104,7 +124,10 @@ async fn claims_either_side_of_midnight_get_their_own_business_date() {
     assert_eq!(day(&after), today.to_string());
     assert_eq!(again.status, 409);
     assert_eq!(again.body["code"], "already_claimed_today");
-    assert_eq!(again.body["next_claim_at"], format_instant(next_midnight + Dur::days(1)));
+    assert_eq!(
+        again.body["next_claim_at"],
+        format_instant(next_midnight + Dur::days(1))
+    );
     env.drop_db().await;
 }
 
@@ -115,37 +138,78 @@ async fn bad_snapshots_go_to_the_dlq_with_their_reason_and_good_ones_flow() {
     let t = two_days_ago();
     let bad = [
         ("x1", "not json".to_owned(), "invalid_json"),
-        ("x2", format!(r#"{{"account_id":"x2","seq":1,"balance":10.5,"currency":"KRW","as_of":"{t}"}}"#), "float_balance"),
-        ("x3", format!(r#"{{"account_id":"x3","seq":1,"balance":"-1","currency":"KRW","as_of":"{t}"}}"#), "negative_amount"),
-        ("x4", format!(r#"{{"account_id":"x4","seq":1,"balance":"1000000000000000000","currency":"KRW","as_of":"{t}"}}"#), "amount_too_large"),
-        ("x5", format!(r#"{{"account_id":"x5","seq":1,"balance":"1","currency":"KRW","as_of":"{t}","plan":"nope"}}"#), "unknown_plan"),
-        ("x6", format!(r#"{{"account_id":"x 6","seq":1,"balance":"1","currency":"KRW","as_of":"{t}"}}"#), "invalid_account_id"),
-        ("x7", format!(r#"{{"account_id":"x7","seq":0,"balance":"1","currency":"KRW","as_of":"{t}"}}"#), "invalid_seq"),
-        ("x8", r#"{"account_id":"x8","seq":1,"balance":"1","currency":"KRW","as_of":"yesterday"}"#.to_owned(), "invalid_timestamp"),
+        (
+            "x2",
+            format!(r#"{{"account_id":"x2","seq":1,"balance":10.5,"currency":"KRW","as_of":"{t}"}}"#),
+            "float_balance",
+        ),
+        (
+            "x3",
+            format!(r#"{{"account_id":"x3","seq":1,"balance":"-1","currency":"KRW","as_of":"{t}"}}"#),
+            "negative_amount",
+        ),
+        (
+            "x4",
+            format!(r#"{{"account_id":"x4","seq":1,"balance":"1000000000000000000","currency":"KRW","as_of":"{t}"}}"#),
+            "amount_too_large",
+        ),
+        (
+            "x5",
+            format!(r#"{{"account_id":"x5","seq":1,"balance":"1","currency":"KRW","as_of":"{t}","plan":"nope"}}"#),
+            "unknown_plan",
+        ),
+        (
+            "x6",
+            format!(r#"{{"account_id":"x 6","seq":1,"balance":"1","currency":"KRW","as_of":"{t}"}}"#),
+            "invalid_account_id",
+        ),
+        (
+            "x7",
+            format!(r#"{{"account_id":"x7","seq":0,"balance":"1","currency":"KRW","as_of":"{t}"}}"#),
+            "invalid_seq",
+        ),
+        (
+            "x8",
+            r#"{"account_id":"x8","seq":1,"balance":"1","currency":"KRW","as_of":"yesterday"}"#.to_owned(),
+            "invalid_timestamp",
+        ),
     ];
     for (key, payload, _) in &bad {
         env.produce("balance-snapshots", key, payload).await;
     }
     // A sequence whose as_of runs backwards.
     env.snapshot("good", 1, "1000", &t).await;
-    env.snapshot("good", 2, "2000", &format_instant(Utc::now() - Dur::days(3))).await;
+    env.snapshot("good", 2, "2000", &format_instant(Utc::now() - Dur::days(3)))
+        .await;
     env.snapshot("good2", 1, "1000", &t).await;
     env.wait_accounts(2).await;
     let dlq = env.read_topic("balance-snapshots.dlq", bad.len() + 1);
     let mut codes: Vec<String> = dlq
         .iter()
-        .map(|(_, _, h)| h.iter().find(|(k, _)| k == "error").map(|(_, v)| v.clone()).unwrap_or_default())
+        .map(|(_, _, h)| {
+            h.iter()
+                .find(|(k, _)| k == "error")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        })
         .collect();
     codes.sort();
-    let mut want: Vec<String> = bad.iter().map(|(_, _, c)| c.to_string()).chain(["as_of_backwards".to_owned()]).collect();
+    let mut want: Vec<String> = bad
+        .iter()
+        .map(|(_, _, c)| c.to_string())
+        .chain(["as_of_backwards".to_owned()])
+        .collect();
     want.sort();
     assert_eq!(codes, want);
-    assert!(dlq.iter().all(|(_, _, h)| h.iter().any(|(k, v)| k == "detail" && !v.is_empty())));
-    let balance: String =
-        sqlx::query_scalar("SELECT balance::text FROM balance_points WHERE account_id = 'good' ORDER BY seq DESC LIMIT 1")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    assert!(dlq
+        .iter()
+        .all(|(_, _, h)| h.iter().any(|(k, v)| k == "detail" && !v.is_empty())));
+    let balance: String = sqlx::query_scalar(
+        "SELECT balance::text FROM balance_points WHERE account_id = 'good' ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(balance, "1000", "the backwards snapshot was not applied");
     env.drop_db().await;
 }
@@ -189,9 +253,11 @@ async fn duplicate_and_late_snapshots_correct_the_next_payout() {
 
 /// Fires one claim per account (following 202s) and returns the answers.
 async fn claim_all(svc: &crate::harness::Api, accounts: &[String]) -> HashMap<String, crate::harness::Answer> {
-    let answers = futures::future::join_all(accounts.iter().map(|a| async move {
-        (a.clone(), svc.claim_to_end(a, &format!("key-{a}")).await)
-    }))
+    let answers = futures::future::join_all(
+        accounts
+            .iter()
+            .map(|a| async move { (a.clone(), svc.claim_to_end(a, &format!("key-{a}")).await) }),
+    )
     .await;
     answers.into_iter().collect()
 }
@@ -207,8 +273,17 @@ async fn load_accounts(env: &Env, n: usize) -> Vec<String> {
 
 /// Every account answered 201 (possibly after a 202) has exactly one payout, and nothing else was paid.
 async fn assert_exactly_once(env: &Env, answers: &HashMap<String, crate::harness::Answer>) {
-    let paid: HashSet<&String> = answers.iter().filter(|(_, a)| a.status == 201).map(|(k, _)| k).collect();
-    assert_eq!(paid.len(), answers.len(), "every claim was paid: {:?}", answers.values().filter(|a| a.status != 201).take(3).collect::<Vec<_>>());
+    let paid: HashSet<&String> = answers
+        .iter()
+        .filter(|(_, a)| a.status == 201)
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        paid.len(),
+        answers.len(),
+        "every claim was paid: {:?}",
+        answers.values().filter(|a| a.status != 201).take(3).collect::<Vec<_>>()
+    );
     let rows = sqlx::query("SELECT account_id, count(*) FROM interest_payouts GROUP BY account_id")
         .fetch_all(&env.pool)
         .await
@@ -239,7 +314,10 @@ async fn a_worker_killed_mid_stream_and_another_joining_lose_and_double_nothing(
     let mut answers = claim_all(&api, rest).await;
     answers.extend(answers_a.await.unwrap());
     assert_exactly_once(&env, &answers).await;
-    let epochs: i64 = sqlx::query_scalar("SELECT max(owner_epoch) FROM consumer_offsets").fetch_one(&env.pool).await.unwrap();
+    let epochs: i64 = sqlx::query_scalar("SELECT max(owner_epoch) FROM consumer_offsets")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert!(epochs >= 2, "partitions changed owner (fencing epochs bumped)");
     // Every payout reaches interest-payouts with its payout_id.
     let ids: HashSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT payout_id FROM interest_payouts")
@@ -249,12 +327,17 @@ async fn a_worker_killed_mid_stream_and_another_joining_lose_and_double_nothing(
         .into_iter()
         .map(|u| u.to_string())
         .collect();
-    env.wait_count("SELECT count(*) FROM payout_outbox WHERE published_at IS NULL", 0).await;
+    env.wait_count("SELECT count(*) FROM payout_outbox WHERE published_at IS NULL", 0)
+        .await;
     let published = env.read_topic("interest-payouts", ids.len());
     let seen: HashSet<String> = published
         .iter()
         .map(|(_, body, headers)| {
-            let h = headers.iter().find(|(k, _)| k == "payout_id").map(|(_, v)| v.clone()).unwrap();
+            let h = headers
+                .iter()
+                .find(|(k, _)| k == "payout_id")
+                .map(|(_, v)| v.clone())
+                .unwrap();
             assert_eq!(body["payout_id"], h.as_str());
             h
         })
