@@ -123,7 +123,16 @@ fn parse_account(raw: &str) -> Result<AccountId, Response> {
     AccountId::try_from(raw).map_err(|e| problem_response("invalid_account_id", 400, e.detail))
 }
 
-async fn get_interest(State(state): State<ApiState>, Path(raw): Path<String>) -> Response {
+/// A path segment as text; one that does not decode is answered with `code`.
+type RawPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
+
+fn path_text(raw: RawPath) -> String {
+    // An undecodable segment cannot be a valid id: the parsers refuse the empty string.
+    raw.map(|Path(p)| p).unwrap_or_default()
+}
+
+async fn get_interest(State(state): State<ApiState>, raw: RawPath) -> Response {
+    let raw = path_text(raw);
     let id = match parse_account(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -187,12 +196,8 @@ async fn check_body(headers: &HeaderMap, body: Body) -> Result<(), Response> {
     }
 }
 
-async fn post_claim(
-    State(state): State<ApiState>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn post_claim(State(state): State<ApiState>, raw: RawPath, headers: HeaderMap, body: Body) -> Response {
+    let raw = path_text(raw);
     let started = Instant::now();
     let resp = claim(&state, &raw, &headers, body).await;
     let outcome = match resp.status().as_u16() {
@@ -349,8 +354,8 @@ async fn accepted(
     resp
 }
 
-async fn get_claim(State(state): State<ApiState>, Path(raw): Path<String>) -> Response {
-    let Ok(id) = Uuid::parse_str(&raw) else {
+async fn get_claim(State(state): State<ApiState>, raw: RawPath) -> Response {
+    let Ok(id) = Uuid::parse_str(&path_text(raw)) else {
         return problem_response("invalid_claim_id", 400, "claim ids are UUIDs");
     };
     match repo::load_claims(&state.pool, &[id]).await {

@@ -332,15 +332,28 @@ pub fn is_leap_year(y: i32) -> bool {
 
 /// Parses an RFC 3339 instant that carries an offset.
 pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, ParseError> {
-    DateTime::parse_from_rfc3339(text)
+    let t = DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| {
             ParseError::new(
                 "invalid_timestamp",
                 format!("not an RFC 3339 timestamp with offset: {text:?}"),
             )
-        })
+        })?;
+    // Bounded so every instant also has a four-digit year in KST (how we show it).
+    let years = INSTANT_YEAR_MIN..=INSTANT_YEAR_MAX;
+    if !years.contains(&t.year()) || !years.contains(&t.with_timezone(&kst()).year()) {
+        return Err(ParseError::new(
+            "invalid_timestamp",
+            format!("{text:?} is outside the years {INSTANT_YEAR_MIN}-{INSTANT_YEAR_MAX}"),
+        ));
+    }
+    Ok(t)
 }
+
+/// The years an instant may fall in.
+pub const INSTANT_YEAR_MIN: i32 = 1900;
+pub const INSTANT_YEAR_MAX: i32 = 9998;
 
 /// Formats an instant as RFC 3339 in KST with milliseconds, as the API shows it.
 pub fn format_instant(t: DateTime<Utc>) -> String {
