@@ -263,6 +263,14 @@ def schemathesis_cmd(base_url: str, token: str, report_dir: Path) -> list[str]:
     ]
 
 
+def prune(work: Path, keep: int = 5) -> None:
+    """Keeps the newest `keep` server logs and reports of earlier runs."""
+    for pattern in ("serve-*.log", "report-*"):
+        old = sorted(work.glob(pattern), key=lambda p: p.stat().st_mtime)[:-keep]
+        for path in old:
+            subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
 def main() -> int:
     if not BIN.is_file():
         log(f"{BIN} is missing: run `cargo build` first (or set INTEREST_NOW_BIN)")
@@ -276,6 +284,7 @@ def main() -> int:
     token = f"check-api-{uuid.uuid4().hex}"
     work = CACHE / "check-api"
     work.mkdir(parents=True, exist_ok=True)
+    prune(work)
     server_log = work / f"serve-{run_id}.log"
     report_dir = work / f"report-{run_id}"
 
@@ -336,7 +345,8 @@ def main() -> int:
         st_env[ACCOUNTS_ENV] = ",".join(a for a, _ in accounts)
         st_env[CLAIMS_ENV] = ",".join(claim_ids)
         cmd = schemathesis_cmd(base, token, report_dir)
-        proc = subprocess.run(cmd, env=st_env, cwd=ROOT, timeout=SCHEMATHESIS_MAX_TIME_S + 90)
+        # Run from the cache: schemathesis keeps a .schemathesis/ directory in its working directory.
+        proc = subprocess.run(cmd, env=st_env, cwd=work, timeout=SCHEMATHESIS_MAX_TIME_S + 90)
         result = proc.returncode
         if server.poll() is not None:
             log(f"the server exited (code {server.returncode}) during the run")

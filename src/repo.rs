@@ -113,26 +113,35 @@ pub async fn own_partition(pool: &PgPool, topic: &str, partition: i32, owner: &s
     Ok((row.get(0), row.get(1)))
 }
 
-/// Stores the next offset if this worker still owns the partition at `epoch`.
-/// `false` means the worker was fenced: roll back.
-pub async fn commit_offset(
-    tx: &mut Tx<'_>,
-    topic: &str,
-    partition: i32,
-    next: i64,
-    epoch: i64,
-) -> anyhow::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE consumer_offsets SET next_offset = $3, updated_at = now()
-         WHERE topic = $1 AND partition = $2 AND owner_epoch = $4 AND next_offset <= $3",
+/// Next offset to store for one partition, with the epoch this worker owns it at.
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
+    pub epoch: i64,
+}
+
+/// Stores the next offsets where this worker still owns the partition at its
+/// epoch; returns the partitions it was fenced from (then: roll back).
+pub async fn commit_offsets(tx: &mut Tx<'_>, commits: &[OffsetCommit]) -> anyhow::Result<Vec<(String, i32)>> {
+    let rows = sqlx::query(
+        "UPDATE consumer_offsets c SET next_offset = t.n, updated_at = now()
+         FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int8[]) AS t(topic, p, n, e)
+         WHERE c.topic = t.topic AND c.partition = t.p AND c.owner_epoch = t.e AND c.next_offset <= t.n
+         RETURNING c.topic, c.partition",
     )
-    .bind(topic)
-    .bind(partition)
-    .bind(next)
-    .bind(epoch)
-    .execute(&mut **tx)
+    .bind(commits.iter().map(|c| c.topic.as_str()).collect::<Vec<_>>())
+    .bind(commits.iter().map(|c| c.partition).collect::<Vec<_>>())
+    .bind(commits.iter().map(|c| c.next).collect::<Vec<_>>())
+    .bind(commits.iter().map(|c| c.epoch).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    let stored: std::collections::HashSet<(String, i32)> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(commits
+        .iter()
+        .map(|c| (c.topic.clone(), c.partition))
+        .filter(|tp| !stored.contains(tp))
+        .collect())
 }
 
 // ---- accounts -----------------------------------------------------------------

@@ -308,12 +308,16 @@ impl Worker {
             let e = next.entry((m.topic().to_owned(), m.partition())).or_default();
             *e = (*e).max(m.offset() + 1);
         }
-        let mut fenced = Vec::new();
-        for (tp, n) in &next {
-            if !repo::commit_offset(&mut tx, &tp.0, tp.1, *n, owned[tp].epoch).await? {
-                fenced.push(tp.clone());
-            }
-        }
+        let commits: Vec<repo::OffsetCommit> = next
+            .iter()
+            .map(|(tp, n)| repo::OffsetCommit {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                next: *n,
+                epoch: owned[tp].epoch,
+            })
+            .collect();
+        let fenced = repo::commit_offsets(&mut tx, &commits).await?;
         if !fenced.is_empty() {
             tx.rollback().await.map_err(anyhow::Error::from)?;
             return Err(BatchError::Fenced(fenced));
