@@ -31,10 +31,11 @@ use crate::money::types::{business_date, format_instant};
 use crate::money::{AccountId, IdempotencyKey, Plans};
 use crate::problem::problem;
 use crate::repo::{self, ClaimRecord, CLAIM_DONE_CHANNEL};
+use crate::request;
 use crate::telemetry::Metrics;
 
 /// Largest request body accepted on any route.
-pub const REQUEST_BODY_BYTES_MAX: usize = 1024;
+pub use crate::request::REQUEST_BODY_BYTES_MAX;
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -171,29 +172,13 @@ impl Drop for KeyGuard<'_> {
     }
 }
 
-/// Checks the body: empty, or a JSON object of at most `REQUEST_BODY_BYTES_MAX` bytes.
+/// Checks the body with the same pure function the fuzzer drives.
 async fn check_body(headers: &HeaderMap, body: Body) -> Result<(), Response> {
     let bytes: Bytes = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)
         .await
-        .map_err(|_| problem_response("body_too_large", 413, format!("at most {REQUEST_BODY_BYTES_MAX} bytes")))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
-    if !is_json {
-        return Err(problem_response(
-            "unsupported_media_type",
-            415,
-            "send application/json or no body",
-        ));
-    }
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(_)) => Ok(()),
-        _ => Err(problem_response("invalid_body", 400, "the body must be a JSON object")),
-    }
+        .map_err(|_| refuse("body_too_large", 413, format!("at most {REQUEST_BODY_BYTES_MAX} bytes")))?;
+    request::check_claim_body(headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()), &bytes)
+        .map_err(|r| refuse(r.code, r.status, r.detail))
 }
 
 async fn post_claim(State(state): State<ApiState>, raw: RawPath, headers: HeaderMap, body: Body) -> Response {
@@ -229,13 +214,9 @@ async fn claim(state: &ApiInner, raw: &str, headers: &HeaderMap, body: Body) -> 
         Ok(a) => a,
         Err(r) => return r,
     };
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let key = match IdempotencyKey::try_from(key) {
+    let key = match request::parse_idempotency_key(headers.get("idempotency-key").map(|v| v.as_bytes())) {
         Ok(k) => k,
-        Err(e) => return refuse("idempotency_key_invalid", 400, e.detail),
+        Err(r) => return refuse(r.code, r.status, r.detail),
     };
     if let Err(r) = check_body(headers, body).await {
         return r;

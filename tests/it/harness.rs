@@ -216,6 +216,11 @@ impl Env {
 
     /// Reads every message of a topic from the beginning (bounded wait).
     pub fn read_topic(&self, name: &str, want: usize) -> Vec<Record> {
+        self.read_topic_until(name, |records| records.len() >= want)
+    }
+
+    /// Reads a topic from the beginning until `done` holds (bounded wait).
+    pub fn read_topic_until(&self, name: &str, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers())
             .set(
@@ -229,7 +234,7 @@ impl Env {
         consumer.subscribe(&[&self.topic(name)]).unwrap();
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while out.len() < want && Instant::now() < deadline {
+        while !done(&out) && Instant::now() < deadline {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
                 let headers = m
                     .headers()
