@@ -121,6 +121,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 fn outcome(r: &ClaimResult) -> String {
     match (r.status, r.code.as_deref()) {
         (0, _) => "no answer".into(),
+        (201, _) if r.replayed => "201 replayed (same key)".into(),
         (201, _) => "201 paid".into(),
         (s, Some(code)) => format!("{s} {code}"),
         (s, None) => format!("{s}"),

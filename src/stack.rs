@@ -242,6 +242,8 @@ pub struct ClaimResult {
     /// The final status: a 202 is followed until the claim is done.
     pub status: u16,
     pub first_status: u16,
+    /// Answered with `Idempotent-Replayed: true`.
+    pub replayed: bool,
     pub code: Option<String>,
     pub business_date: Option<String>,
     pub latency: Duration,
@@ -296,6 +298,7 @@ async fn claim_until_done(
         account,
         status: 0,
         first_status: 0,
+        replayed: false,
         code: None,
         business_date: None,
         latency: Duration::ZERO,
@@ -311,6 +314,10 @@ async fn claim_until_done(
         return result;
     };
     result.first_status = resp.status().as_u16();
+    result.replayed = resp
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v.as_bytes() == b"true");
     let location = resp
         .headers()
         .get("location")

@@ -74,6 +74,8 @@ impl ConsumerContext for WorkerContext {
 struct Owned {
     epoch: i64,
     next: i64,
+    /// Already sought back once: a gap that remains is data the broker no longer has.
+    sought: bool,
 }
 
 /// Shared with the relay and readiness probe.
@@ -271,12 +273,57 @@ impl Worker {
                     // A crashed owner's committed but unpublished payouts go out first.
                     let _ = self.relay.send(crate::outbox::RelayWork::Sweep(vec![partition])).await;
                 }
-                slot.insert(Owned { epoch, next });
+                slot.insert(Owned {
+                    epoch,
+                    next,
+                    sought: false,
+                });
             }
         }
+        // PostgreSQL's offset is the truth. Kafka's committed offset trails it (it is
+        // committed after the database), so messages below it are skipped; one
+        // ahead of it (a reset or lost group offset) means a gap: seek back.
+        let mut gaps: Vec<(String, i32, i64)> = Vec::new();
+        for ((topic, partition), o) in owned.iter_mut() {
+            let first = batch
+                .iter()
+                .filter(|m| m.topic() == topic && m.partition() == *partition)
+                .map(|m| m.offset())
+                .min();
+            match first {
+                Some(f) if f > o.next && !o.sought => {
+                    o.sought = true;
+                    gaps.push((topic.clone(), *partition, o.next));
+                }
+                Some(f) if f > o.next => {
+                    tracing::error!(
+                        event = "offsets_lost",
+                        topic,
+                        partition,
+                        from = o.next,
+                        to = f,
+                        "the broker no longer has these messages"
+                    );
+                }
+                _ => {}
+            }
+        }
+        for (topic, partition, next) in &gaps {
+            tracing::warn!(
+                event = "offset_gap",
+                topic,
+                partition,
+                next,
+                "seeking back to the stored offset"
+            );
+            consumer
+                .seek(topic, *partition, Offset::Offset(*next), Duration::from_secs(5))
+                .map_err(|e| anyhow::anyhow!("seeking {topic}/{partition} to {next}: {e}"))?;
+        }
+        let in_gap = |m: &OwnedMessage| gaps.iter().any(|(t, p, _)| m.topic() == t && m.partition() == *p);
         let fresh: Vec<&OwnedMessage> = batch
             .iter()
-            .filter(|m| m.offset() >= owned[&(m.topic().to_owned(), m.partition())].next)
+            .filter(|m| !in_gap(m) && m.offset() >= owned[&(m.topic().to_owned(), m.partition())].next)
             .collect();
         let plans = self.plans_for(&fresh).await;
         let decoded: Vec<Decoded> = fresh.iter().map(|m| self.decode(m, &plans)).collect();

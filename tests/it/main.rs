@@ -8,4 +8,5 @@ mod money_rules;
 mod pipeline;
 mod properties;
 mod simulate_cli;
+mod spike;
 mod support;
