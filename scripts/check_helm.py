@@ -152,8 +152,10 @@ def validate_scaled_object(where: str, doc: dict[str, Any], merged: dict[str, An
         if kind == "kafka":
             for key in ("bootstrapServers", "consumerGroup", "topic", "lagThreshold"):
                 ok &= check(bool(meta.get(key)), f"{where}: kafka trigger {i} lacks metadata.{key}")
-            ok &= check(meta.get("consumerGroup") == merged["kafka"]["groupId"],
-                        f"{where}: kafka trigger {i} consumerGroup differs from KAFKA_GROUP_ID")
+            # One consumer group per input topic: <KAFKA_GROUP_ID>.claims / .snapshots.
+            stream = "claims" if str(meta.get("topic", "")).endswith("interest-claims") else "snapshots"
+            ok &= check(meta.get("consumerGroup") == f'{merged["kafka"]["groupId"]}.{stream}',
+                        f"{where}: kafka trigger {i} consumerGroup is not KAFKA_GROUP_ID.{stream}")
             ok &= check(str(meta.get("lagThreshold", "")).isdigit(), f"{where}: lagThreshold must be an integer string")
             kafka_topics.add(meta.get("topic"))
         elif kind == "cron":

@@ -23,7 +23,7 @@ use crate::money::Plans;
 use crate::outbox::Relay;
 use crate::repo;
 use crate::telemetry::Metrics;
-use crate::worker::{Worker, WorkerStatus};
+use crate::worker::{Stream, Worker, WorkerStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -69,13 +69,13 @@ async fn readyz(State(a): State<Admin>) -> (StatusCode, String) {
     }
     if let Some(w) = &a.worker {
         let s = w.lock().expect("status");
-        if !s.joined {
+        if !s.joined() {
             return (StatusCode::SERVICE_UNAVAILABLE, "not yet in the consumer group".into());
         }
-        if s.lag > READY_LAG_MAX {
+        if s.lag() > READY_LAG_MAX {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("catching up: {} messages behind", s.lag),
+                format!("catching up: {} messages behind", s.lag()),
             );
         }
     }
@@ -175,16 +175,21 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
 
     if let Some(status) = worker_status {
         let (relay_tx, relay_rx) = tokio::sync::mpsc::channel(crate::outbox::RELAY_QUEUE_MAX);
-        let worker = Worker {
-            settings: settings.clone(),
-            pool: pool.clone(),
-            producer: producer.clone(),
-            metrics: metrics.clone(),
-            plans: plans.clone(),
-            clock,
-            status: status.clone(),
-            relay: relay_tx,
-        };
+        let workers: Vec<Worker> = Stream::ALL
+            .into_iter()
+            .map(|stream| Worker {
+                stream,
+                settings: settings.clone(),
+                pool: pool.clone(),
+                producer: producer.clone(),
+                metrics: metrics.clone(),
+                plans: plans.clone(),
+                clock,
+                status: status.clone(),
+                relay: relay_tx.clone(),
+            })
+            .collect();
+        drop(relay_tx);
         let relay = Relay {
             pool: pool.clone(),
             producer: kafka::relay_producer(&settings)?,
@@ -192,13 +197,16 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
             status,
             metrics: metrics.clone(),
         };
-        let (ws, rs) = (shutdown.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(e) = worker.run(ws.clone()).await {
-                tracing::error!(event = "worker_failed", error = format!("{e:#}"));
-                ws.cancel();
-            }
-        });
+        for worker in workers {
+            let ws = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = worker.run(ws.clone()).await {
+                    tracing::error!(event = "worker_failed", error = format!("{e:#}"));
+                    ws.cancel();
+                }
+            });
+        }
+        let rs = shutdown.clone();
         tasks.spawn(relay.run(relay_rx, rs));
     }
 

@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::money::types::{business_date, format_instant, kst, kst_midnight_utc};
-use crate::stack::{fire_claims, percentiles, ClaimSpec, Stack};
+use crate::stack::{fire_claims, percentiles, ClaimSpec, PrivateBroker, Stack};
 
 pub struct SpikeOptions {
     pub admin_db_url: String,
@@ -28,6 +28,8 @@ pub struct SpikeOptions {
     pub baseline_seconds: u64,
     /// Join a worker and stop another in the middle of the spike.
     pub churn: bool,
+    /// Use KAFKA_BROKERS instead of a private broker.
+    pub shared_broker: bool,
 }
 
 /// Balances large enough that ten minutes of interest are well over 1 won.
@@ -71,12 +73,23 @@ fn worker_rss_mb_max(stack: &Stack) -> u64 {
         / 1024
 }
 
+/// The broker a run uses: its own (default) or the shared one.
+async fn broker_for(shared: bool, brokers: &str) -> anyhow::Result<(Option<PrivateBroker>, String)> {
+    if shared {
+        return Ok((None, brokers.to_owned()));
+    }
+    let b = PrivateBroker::start().await?;
+    let address = b.address.clone();
+    Ok((Some(b), address))
+}
+
 pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
+    let (_broker, brokers) = broker_for(o.shared_broker, &o.brokers).await?;
     let mut stack = Stack::create(
         "interest_now_bench",
         &o.admin_db_url,
-        &o.brokers,
+        &brokers,
         o.partitions,
         include_str!("../examples/plans.json"),
     )
@@ -266,6 +279,7 @@ pub struct IngestOptions {
     pub accounts: usize,
     pub partitions: i32,
     pub max_workers: usize,
+    pub shared_broker: bool,
 }
 
 /// Snapshots per second applied by 1, 2 and 3 workers: the topic is filled
@@ -273,10 +287,11 @@ pub struct IngestOptions {
 pub async fn ingest(o: IngestOptions) -> anyhow::Result<serde_json::Value> {
     let mut rounds = Vec::new();
     for workers in 1..=o.max_workers {
+        let (_broker, brokers) = broker_for(o.shared_broker, &o.brokers).await?;
         let mut stack = Stack::create(
             "interest_now_ingest",
             &o.admin_db_url,
-            &o.brokers,
+            &brokers,
             o.partitions,
             include_str!("../examples/plans.json"),
         )

@@ -129,6 +129,9 @@ pub enum BenchCommand {
         /// A worker joins and another leaves in the middle of the spike.
         #[arg(long)]
         churn: bool,
+        /// Use the broker at KAFKA_BROKERS instead of a fresh private one.
+        #[arg(long)]
+        shared_broker: bool,
     },
     /// Snapshot ingest: snapshots per second applied by 1..=N workers.
     Ingest {
@@ -140,5 +143,8 @@ pub enum BenchCommand {
         partitions: i32,
         #[arg(long, default_value_t = 3)]
         max_workers: usize,
+        /// Use the broker at KAFKA_BROKERS instead of a fresh private one per round.
+        #[arg(long)]
+        shared_broker: bool,
     },
 }

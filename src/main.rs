@@ -67,6 +67,7 @@ fn main() -> ExitCode {
                     retry_percent,
                     baseline_seconds,
                     churn,
+                    shared_broker,
                 } => {
                     bench::spike(bench::SpikeOptions {
                         admin_db_url: db,
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
                         retry_share_percent: *retry_percent,
                         baseline_seconds: *baseline_seconds,
                         churn: *churn,
+                        shared_broker: *shared_broker,
                     })
                     .await?
                 }
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
                     accounts,
                     partitions,
                     max_workers,
+                    shared_broker,
                 } => {
                     bench::ingest(bench::IngestOptions {
                         admin_db_url: db,
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
                         accounts: *accounts,
                         partitions: *partitions,
                         max_workers: *max_workers,
+                        shared_broker: *shared_broker,
                     })
                     .await?
                 }

@@ -20,6 +20,68 @@ use crate::repo;
 
 pub const TOKEN: &str = "local-demo-token";
 
+/// A broker of our own for a benchmark: a fresh in-memory nisshi (the one
+/// `scripts/infra-up` builds and caches) on a free loopback port, so data left
+/// in the shared broker by earlier runs cannot skew the figures.
+pub struct PrivateBroker {
+    child: Child,
+    pub address: String,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> anyhow::Result<PrivateBroker> {
+        let cache = std::env::var("INTEREST_NOW_CACHE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/interest-now")
+            });
+        let bin = cache.join("nisshi-0.8.1/bin/nisshi");
+        if !bin.exists() {
+            bail!(
+                "{} is missing: run scripts/infra-up once (it builds the broker)",
+                bin.display()
+            );
+        }
+        let port = free_addr().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(format!("interest-now-broker-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("broker.log"))?;
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "--storage-engine",
+                "memory://nisshi/",
+                "--group-initial-rebalance-delay",
+                "0s",
+            ])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting the private broker")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the private broker did not listen on {port} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(PrivateBroker {
+            child,
+            address: format!("127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct Stack {
     pub name: String,
     pub db_url: String,

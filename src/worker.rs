@@ -78,16 +78,58 @@ struct Owned {
     sought: bool,
 }
 
+/// A worker process runs one consumer per input topic, each in its own
+/// consumer group, so each topic's partitions spread evenly over the workers
+/// (one group over both topics may give one member every claims partition)
+/// and claims never wait behind a batch of snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Claims = 0,
+    Snapshots = 1,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 2] = [Stream::Claims, Stream::Snapshots];
+
+    pub fn topic(self) -> &'static str {
+        match self {
+            Stream::Claims => kafka::CLAIMS,
+            Stream::Snapshots => kafka::SNAPSHOTS,
+        }
+    }
+
+    /// The consumer group: `KAFKA_GROUP_ID` plus `.claims` or `.snapshots`.
+    pub fn group(self, base: &str) -> String {
+        match self {
+            Stream::Claims => format!("{base}.claims"),
+            Stream::Snapshots => format!("{base}.snapshots"),
+        }
+    }
+}
+
 /// Shared with the relay and readiness probe.
 #[derive(Debug, Default)]
 pub struct WorkerStatus {
     /// Partitions of `interest-claims` this worker owns: the relay publishes their payouts.
     pub claim_partitions: Vec<i32>,
-    pub joined: bool,
-    pub lag: i64,
+    /// Per stream: in the group yet.
+    pub joined: [bool; 2],
+    /// Per stream: messages behind.
+    pub lag: [i64; 2],
+}
+
+impl WorkerStatus {
+    pub fn joined(&self) -> bool {
+        self.joined.iter().all(|j| *j)
+    }
+
+    pub fn lag(&self) -> i64 {
+        self.lag.iter().sum()
+    }
 }
 
 pub struct Worker {
+    pub stream: Stream,
     pub settings: Settings,
     pub pool: PgPool,
     pub producer: FutureProducer,
@@ -130,13 +172,12 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let log = Arc::new(Mutex::new(RebalanceLog::default()));
         let consumer: StreamConsumer<WorkerContext> = kafka::consumer_config(&self.settings)
+            .set("group.id", self.stream.group(&self.settings.kafka_group_id))
             .create_with_context(WorkerContext { log: log.clone() })
             .context("creating the consumer")?;
-        let (snapshots, claims) = (
-            self.settings.topic(kafka::SNAPSHOTS),
-            self.settings.topic(kafka::CLAIMS),
-        );
-        consumer.subscribe(&[&snapshots, &claims]).context("subscribing")?;
+        consumer
+            .subscribe(&[&self.settings.topic(self.stream.topic())])
+            .context("subscribing")?;
         let mut owned: HashMap<(String, i32), Owned> = HashMap::new();
         let mut last_lag = Instant::now();
         let started = Instant::now();
@@ -155,7 +196,7 @@ impl Worker {
                 // A member left without partitions (more workers than partitions) gets no
                 // assignment callback; after a while it is a ready, idle standby.
                 if started.elapsed() > STANDBY_READY_AFTER {
-                    self.status.lock().expect("status").joined = true;
+                    self.status.lock().expect("status").joined[self.stream as usize] = true;
                 }
             }
         }
@@ -210,10 +251,11 @@ impl Worker {
             owned.remove(&tp);
             tracing::info!(event = "partition_assigned", topic = tp.0, partition = tp.1);
         }
-        let claims = self.settings.topic(kafka::CLAIMS);
         let mut status = self.status.lock().expect("status");
-        status.joined |= log.joined;
-        status.claim_partitions = owned.keys().filter(|(t, _)| *t == claims).map(|(_, p)| *p).collect();
+        status.joined[self.stream as usize] |= log.joined;
+        if self.stream == Stream::Claims {
+            status.claim_partitions = owned.keys().map(|(_, p)| *p).collect();
+        }
     }
 
     async fn apply_with_retry(
@@ -497,7 +539,7 @@ impl Worker {
                     .set(lag);
             }
         }
-        self.status.lock().expect("status").lag = total;
+        self.status.lock().expect("status").lag[self.stream as usize] = total;
     }
 }
 
