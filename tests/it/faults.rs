@@ -286,3 +286,33 @@ async fn a_ten_second_database_outage_gives_503_and_recovers_by_itself() {
     assert_paid_exactly_once(&env, &all).await;
     env.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_in_flight_bound_claims_get_503_not_a_hang() {
+    let env = Env::new(2).await;
+    // No worker: claims stay in flight; at most 5 are held at once.
+    let api = env
+        .serve("api", &[("CLAIMS_IN_FLIGHT_MAX", "5"), ("CLAIM_WAIT_MS", "1500")])
+        .await;
+    let started = Instant::now();
+    let claims = (0..20).map(|i| {
+        let api = api.api.clone();
+        async move { api.claim(&format!("acct-{i}"), &format!("over-{i}")).await }
+    });
+    let answers = futures::future::join_all(claims).await;
+    let held = answers.iter().filter(|a| a.status == 202).count();
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
+    assert_eq!(
+        held + refused.len(),
+        20,
+        "only 202 or 503: {:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert!((1..=5).contains(&held), "{held} held");
+    for a in refused {
+        assert_eq!(a.body["code"], "overloaded");
+        assert_eq!(a.retry_after.as_deref(), Some("1"));
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "nothing hangs");
+    env.drop_db().await;
+}
