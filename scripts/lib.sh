@@ -14,7 +14,9 @@ INTEREST_NOW_CACHE="${INTEREST_NOW_CACHE:-$HOME/.cache/interest-now}"
 RUN_DIR="$INTEREST_NOW_CACHE/run"
 
 NISSHI_VERSION="0.8.1"
-NISSHI_ROOT="$INTEREST_NOW_CACHE/nisshi-$NISSHI_VERSION"
+# Built with the in-memory engine (the shared local broker) and the SQLite engine
+# (brokers that must survive a restart, as in the broker fault test).
+NISSHI_ROOT="$INTEREST_NOW_CACHE/nisshi-$NISSHI_VERSION-sqlite"
 NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
 NISSHI_TARGET_DIR="$INTEREST_NOW_CACHE/nisshi-target"
 NISSHI_BUILD_LOG="$INTEREST_NOW_CACHE/nisshi-build.log"

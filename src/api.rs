@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
-use rdkafka::producer::FutureProducer;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
@@ -42,7 +41,7 @@ const RETRY_AFTER_SECS: &str = "1";
 pub struct ApiInner {
     pub settings: Settings,
     pub pool: PgPool,
-    pub producer: FutureProducer,
+    pub producer: Arc<kafka::ResilientProducer>,
     pub plans: Arc<RwLock<Arc<Plans>>>,
     pub clock: Clock,
     pub metrics: Metrics,
@@ -270,22 +269,16 @@ async fn wait_for_answer(
     };
     let payload = serde_json::to_vec(&msg).expect("serializable");
     let topic = state.settings.topic(kafka::CLAIMS);
-    let sent = tokio::time::timeout_at(
-        deadline,
-        kafka::send(&state.producer, &topic, account.as_str(), &payload, None),
-    )
-    .await;
-    match sent {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(event = "claim_not_queued", error = %e);
-            return refuse("overloaded", 503, "the claim could not be queued; it was not accepted");
-        }
-        Err(_) => {
-            // Still in the producer: it may yet be delivered, so the claim is
-            // accepted; record it so GET /v1/claims/{id} can follow it.
-            return accepted(state, claim_id, account, key, accepted_at).await;
-        }
+    // 202 promises the claim is durable, so nothing is answered before the
+    // broker acknowledges it. The producer's own bound (CLAIM_QUEUE_TIMEOUT)
+    // always yields a delivery report, so this never hangs.
+    if let Err(e) = state.producer.send(&topic, account.as_str(), &payload, None).await {
+        tracing::warn!(event = "claim_not_queued", error = %e);
+        return refuse(
+            "unavailable",
+            503,
+            "the claim could not be queued and was not accepted; retry with the same Idempotency-Key",
+        );
     }
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(record)) => answer(record),

@@ -133,7 +133,10 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
     let plans = Arc::new(RwLock::new(Arc::new(plans)));
     let metrics = Metrics::new();
     let clock = Clock::new(settings.clock_offset_seconds);
-    let producer = kafka::producer(&settings)?;
+    let producer = {
+        let s = settings.clone();
+        Arc::new(kafka::ResilientProducer::new(move || kafka::producer(&s))?)
+    };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(reload_plans(
         pool.clone(),
@@ -192,7 +195,10 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
         drop(relay_tx);
         let relay = Relay {
             pool: pool.clone(),
-            producer: kafka::relay_producer(&settings)?,
+            producer: {
+                let s = settings.clone();
+                kafka::ResilientProducer::new(move || kafka::relay_producer(&s))?
+            },
             topic: settings.topic(kafka::PAYOUTS),
             status,
             metrics: metrics.clone(),
@@ -236,7 +242,7 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
     admin_server.abort();
     // Flush anything the producer still holds (DLQ, payouts) before exit.
     use rdkafka::producer::Producer;
-    let _ = producer.flush(Duration::from_secs(5));
+    let _ = producer.get().flush(Duration::from_secs(5));
     tracing::info!(event = "stopped");
     Ok(())
 }

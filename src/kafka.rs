@@ -57,18 +57,22 @@ fn common(settings: &Settings) -> ClientConfig {
     c
 }
 
-/// The producer for claims and the DLQ: low latency.
+/// How long a claim may wait for the broker's acknowledgement before the API
+/// answers 503 (it never answers 202 for an unacknowledged claim).
+pub const CLAIM_QUEUE_TIMEOUT_MS: u32 = 5_000;
+
+/// The producer for claims and the DLQ: low latency, short delivery bound.
 pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
-    producer_with_linger(settings, 2)
+    producer_with(settings, 2, CLAIM_QUEUE_TIMEOUT_MS)
 }
 
 /// The relay's producer: payouts are not on a customer's critical path, so a
 /// longer linger packs more of them per request to the broker.
 pub fn relay_producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
-    producer_with_linger(settings, 20)
+    producer_with(settings, 20, 30_000)
 }
 
-fn producer_with_linger(settings: &Settings, linger_ms: u32) -> anyhow::Result<FutureProducer> {
+fn producer_with(settings: &Settings, linger_ms: u32, message_timeout_ms: u32) -> anyhow::Result<FutureProducer> {
     Ok(common(settings)
         // Java's murmur2, so partition p holds the same accounts as core banking's topics.
         .set("partitioner", "murmur2_random")
@@ -81,9 +85,65 @@ fn producer_with_linger(settings: &Settings, linger_ms: u32) -> anyhow::Result<F
         .set("queue.buffering.max.messages", "200000")
         .set("queue.buffering.max.kbytes", "262144")
         // Give up (and answer 503) rather than hang when the broker is away.
-        .set("message.timeout.ms", "10000")
-        .set("request.timeout.ms", "5000")
+        .set("message.timeout.ms", message_timeout_ms.to_string())
+        .set("request.timeout.ms", (message_timeout_ms * 4 / 5).to_string())
         .create()?)
+}
+
+/// A producer that replaces itself after repeated delivery failures.
+///
+/// An idempotent producer that outlives a broker restart can get stuck (the
+/// broker no longer knows its producer id and every message times out); a new
+/// producer works at once. So after `RENEW_AFTER_FAILURES` failures in a row
+/// the next send uses a fresh one.
+pub struct ResilientProducer {
+    current: std::sync::RwLock<FutureProducer>,
+    failures: std::sync::atomic::AtomicU32,
+    make: Box<dyn Fn() -> anyhow::Result<FutureProducer> + Send + Sync>,
+}
+
+/// Consecutive failed deliveries before the producer is replaced.
+pub const RENEW_AFTER_FAILURES: u32 = 3;
+
+impl ResilientProducer {
+    pub fn new(make: impl Fn() -> anyhow::Result<FutureProducer> + Send + Sync + 'static) -> anyhow::Result<Self> {
+        Ok(Self {
+            current: std::sync::RwLock::new(make()?),
+            failures: std::sync::atomic::AtomicU32::new(0),
+            make: Box::new(make),
+        })
+    }
+
+    pub fn get(&self) -> FutureProducer {
+        self.current.read().expect("producer").clone()
+    }
+
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: Option<rdkafka::message::OwnedHeaders>,
+    ) -> anyhow::Result<(i32, i64)> {
+        use std::sync::atomic::Ordering;
+        let result = send(&self.get(), topic, key, payload, headers).await;
+        if result.is_ok() {
+            self.failures.store(0, Ordering::Relaxed);
+        } else if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= RENEW_AFTER_FAILURES {
+            self.failures.store(0, Ordering::Relaxed);
+            match (self.make)() {
+                Ok(fresh) => {
+                    tracing::warn!(
+                        event = "producer_renewed",
+                        "repeated delivery failures: using a new producer"
+                    );
+                    *self.current.write().expect("producer") = fresh;
+                }
+                Err(e) => tracing::warn!(event = "producer_renew_failed", error = %e),
+            }
+        }
+        result
+    }
 }
 
 /// Sends one message and waits for the broker's acknowledgement.

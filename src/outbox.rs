@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +48,7 @@ pub enum RelayWork {
 
 pub struct Relay {
     pub pool: PgPool,
-    pub producer: FutureProducer,
+    pub producer: kafka::ResilientProducer,
     pub topic: String,
     pub status: Arc<Mutex<WorkerStatus>>,
     pub metrics: Metrics,
@@ -133,7 +132,8 @@ impl Relay {
                 key: "payout_id",
                 value: Some(&i.payout_id.to_string()),
             });
-            kafka::send(&self.producer, &self.topic, &i.key, i.payload.as_bytes(), Some(headers))
+            self.producer
+                .send(&self.topic, &i.key, i.payload.as_bytes(), Some(headers))
         });
         let results = futures::future::join_all(sends).await;
         if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {

@@ -30,31 +30,42 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub async fn start() -> anyhow::Result<PrivateBroker> {
+        Self::start_on(free_addr().port(), "memory://nisshi/").await
+    }
+
+    /// The broker `scripts/infra-up` built: with the SQLite engine (which
+    /// survives a restart) when available, else the memory-only build.
+    pub fn binary() -> anyhow::Result<std::path::PathBuf> {
         let cache = std::env::var("INTEREST_NOW_CACHE")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|_| {
                 std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/interest-now")
             });
-        let bin = cache.join("nisshi-0.8.1/bin/nisshi");
-        if !bin.exists() {
-            bail!(
-                "{} is missing: run scripts/infra-up once (it builds the broker)",
-                bin.display()
-            );
-        }
-        let port = free_addr().port();
+        ["nisshi-0.8.1-sqlite/bin/nisshi", "nisshi-0.8.1/bin/nisshi"]
+            .iter()
+            .map(|p| cache.join(p))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no broker under {}: run scripts/infra-up once (it builds it)",
+                    cache.display()
+                )
+            })
+    }
+
+    /// Starts a broker on `port` with `storage` (`memory://nisshi/` or `sqlite://FILE`).
+    pub async fn start_on(port: u16, storage: &str) -> anyhow::Result<PrivateBroker> {
+        let bin = Self::binary()?;
         let url = format!("tcp://127.0.0.1:{port}");
         let dir = std::env::temp_dir().join(format!("interest-now-broker-{port}"));
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join("broker.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("broker.log"))?;
         let child = Command::new(bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args([
-                "--storage-engine",
-                "memory://nisshi/",
-                "--group-initial-rebalance-delay",
-                "0s",
-            ])
+            .args(["--storage-engine", storage, "--group-initial-rebalance-delay", "0s"])
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
@@ -72,6 +83,24 @@ impl PrivateBroker {
             child,
             address: format!("127.0.0.1:{port}"),
         })
+    }
+}
+
+impl PrivateBroker {
+    /// Stops the broker (SIGTERM, then SIGKILL after 10 s) and waits for it.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -14,7 +14,6 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::json;
 use sqlx::PgPool;
@@ -132,7 +131,7 @@ pub struct Worker {
     pub stream: Stream,
     pub settings: Settings,
     pub pool: PgPool,
-    pub producer: FutureProducer,
+    pub producer: Arc<kafka::ResilientProducer>,
     pub metrics: Metrics,
     pub plans: Arc<RwLock<Arc<Plans>>>,
     pub clock: Clock,
@@ -494,7 +493,7 @@ impl Worker {
                 });
             let key = String::from_utf8_lossy(d.key.as_deref().unwrap_or_default()).into_owned();
             let topic = topic.clone();
-            async move { kafka::send(&self.producer, &topic, &key, &d.raw, Some(headers)).await }
+            async move { self.producer.send(&topic, &key, &d.raw, Some(headers)).await }
         });
         for r in futures::future::join_all(sends).await {
             r?;

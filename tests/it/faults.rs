@@ -316,3 +316,43 @@ async fn past_the_in_flight_bound_claims_get_503_not_a_hang() {
     assert!(started.elapsed() < Duration::from_secs(10), "nothing hangs");
     env.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_stopped_and_restarted_loses_and_doubles_nothing() {
+    use interest_now::stack::PrivateBroker;
+    let bin = PrivateBroker::binary().expect("the broker scripts/infra-up builds");
+    assert!(
+        bin.to_string_lossy().contains("sqlite"),
+        "{} has no SQLite engine: run scripts/infra-up",
+        bin.display()
+    );
+    // A broker of its own, on SQLite storage so that topics and offsets survive the restart.
+    let port = crate::harness::free_addr().port();
+    let dir = std::env::temp_dir().join(format!("interest-now-broker-fault-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let storage = format!("sqlite://{}/nisshi.db", dir.display());
+    let mut broker = PrivateBroker::start_on(port, &storage).await.unwrap();
+    let env = Env::with_brokers(4, format!("127.0.0.1:{port}")).await;
+    let api = env.serve("api", &[("CLAIM_WAIT_MS", "1000")]).await;
+    let _w = env.serve("worker", &[]).await;
+    let accounts = load(&env, 100).await;
+    let (first, rest) = accounts.split_at(40);
+    let mut all = spike(vec![api.api.clone()], first.to_vec()).await;
+    // Claims keep coming while the broker goes away for a few seconds.
+    let during = tokio::spawn(spike(vec![api.api.clone()], rest.to_vec()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::block_in_place(|| broker.stop());
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut broker = PrivateBroker::start_on(port, &storage).await.unwrap();
+    eprintln!("faults: broker down for {:?}", down.elapsed());
+    all.extend(during.await.unwrap());
+    let retried = all.values().filter(|(_, n)| *n > 1).count();
+    eprintln!(
+        "faults: {retried} of {} claims needed a retry (503 while the broker was away)",
+        all.len()
+    );
+    assert_paid_exactly_once(&env, &all).await;
+    broker.stop();
+    env.drop_db().await;
+}

@@ -35,6 +35,7 @@ pub fn free_addr() -> SocketAddr {
 pub type Record = (Option<String>, Value, Vec<(String, String)>);
 
 pub struct Env {
+    pub brokers: String,
     pub name: String,
     pub db_url: String,
     pub prefix: String,
@@ -46,6 +47,11 @@ pub struct Env {
 impl Env {
     /// A fresh database (migrated, example plans imported) and fresh topics.
     pub async fn new(partitions: i32) -> Env {
+        Self::with_brokers(partitions, brokers()).await
+    }
+
+    /// A fresh environment on a given broker (a private one, for broker faults).
+    pub async fn with_brokers(partitions: i32, brokers: String) -> Env {
         let name = format!("it_{}", uuid::Uuid::new_v4().simple());
         let admin = PgPool::connect(&admin_db_url())
             .await
@@ -62,12 +68,13 @@ impl Env {
         let pool = PgPool::connect(&db_url).await.unwrap();
         interest_now::repo::migrate(&pool).await.unwrap();
         let env = Env {
+            brokers: brokers.clone(),
             prefix: format!("{name}."),
             name,
             db_url,
             pool,
             producer: ClientConfig::new()
-                .set("bootstrap.servers", brokers())
+                .set("bootstrap.servers", &brokers)
                 .set("partitioner", "murmur2_random")
                 .set("message.timeout.ms", "10000")
                 .create()
@@ -89,7 +96,7 @@ impl Env {
 
     async fn create_topics(&self) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .create()
             .unwrap();
         let names: Vec<String> = [
@@ -124,7 +131,7 @@ impl Env {
         c.current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(args)
             .env("DATABASE_URL", &self.db_url)
-            .env("KAFKA_BROKERS", brokers())
+            .env("KAFKA_BROKERS", &self.brokers)
             .env("KAFKA_TOPIC_PREFIX", &self.prefix)
             .env("KAFKA_GROUP_ID", format!("{}-group", self.name))
             .env("API_TOKENS", format!("{TOKEN},other-token"))
@@ -222,7 +229,7 @@ impl Env {
     /// Reads a topic from the beginning until `done` holds (bounded wait).
     pub fn read_topic_until(&self, name: &str, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .set(
                 "group.id",
                 format!("{}-reader-{}", self.name, uuid::Uuid::new_v4().simple()),
