@@ -9,11 +9,10 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use crate::money::types::{format_instant, kst, kst_midnight_utc};
-use crate::stack::{fire_claims, percentiles, ClaimResult, ClaimSpec, Stack};
+use crate::stack::{fire_claims, percentiles, ClaimResult, ClaimSpec, PrivateBroker, Stack};
 
 pub struct DemoOptions {
     pub admin_db_url: String,
-    pub brokers: String,
     pub accounts: usize,
 }
 
@@ -27,7 +26,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         "interest-now demo: {} accounts through the 00:00 KST rollover\n",
         opts.accounts
     );
-    let mut stack = Stack::create("interest_now_demo", &opts.admin_db_url, &opts.brokers, 12, plans).await?;
+    // A fresh broker of its own (the cached nisshi): the shared one may hold data from earlier runs.
+    let broker = PrivateBroker::start().await?;
+    let mut stack = Stack::create("interest_now_demo", &opts.admin_db_url, &broker.address, 12, plans).await?;
     let now = Utc::now();
     let midnight = kst_midnight_utc(now.with_timezone(&kst()).date_naive() + chrono::Days::new(1));
     stack.offset_secs = (midnight - now).num_seconds() - LEAD_SECS;
@@ -115,6 +116,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     );
     println!("  The demo database stays for you to explore: psql {}", stack.db_url);
     stack.teardown(true).await;
+    drop(broker);
     Ok(())
 }
 

@@ -37,7 +37,6 @@ fn main() -> ExitCode {
     if let Command::Demo { accounts } = &cli.command {
         let opts = demo::DemoOptions {
             admin_db_url: env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
-            brokers: env_or("KAFKA_BROKERS", "127.0.0.1:9092"),
             accounts: *accounts as usize,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
