@@ -9,7 +9,7 @@ use interest_now::simulate::Options;
 use sqlx::Row;
 
 use crate::harness::{payout_rows, Env};
-use crate::support::{check, plans};
+use crate::support::check;
 
 fn two_days_ago() -> String {
     format_instant(Utc::now() - Dur::days(2))
@@ -51,7 +51,6 @@ async fn a_snapshot_then_a_claim_pays_what_simulate_pays() {
         assert_eq!(p[field], s[field], "{field}");
     }
     assert_eq!(env.payout_count().await, 1);
-    let _ = plans; // support::plans is used by other modules
     env.drop_db().await;
 }
 
