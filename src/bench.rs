@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::money::types::{business_date, format_instant, kst, kst_midnight_utc};
+use crate::money::types::{business_date, format_instant};
 use crate::stack::{fire_claims, percentiles, ClaimSpec, PrivateBroker, Stack};
 
 pub struct SpikeOptions {
@@ -96,9 +96,8 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
     .await?;
     // Midnight on the service clock comes `lead` seconds from now: time to start and load.
     let lead = 15 + (o.accounts / 10_000) as i64 * 2;
-    let now = Utc::now();
-    let midnight = kst_midnight_utc(now.with_timezone(&kst()).date_naive() + chrono::Days::new(1));
-    stack.offset_secs = (midnight - now).num_seconds() - lead;
+    let (midnight, offset) = crate::stack::next_midnight_offset(crate::stack::run_clock_now()?, lead);
+    stack.offset_secs = offset;
     let service_now = |off: i64| Utc::now() + chrono::Duration::seconds(off);
     for _ in 0..o.workers {
         stack.spawn("worker", &[]).await?;
@@ -296,7 +295,7 @@ pub async fn ingest(o: IngestOptions) -> anyhow::Result<serde_json::Value> {
             include_str!("../examples/plans.json"),
         )
         .await?;
-        let base = Utc::now() - chrono::Duration::days(3);
+        let base = crate::stack::run_clock_now()? - chrono::Duration::days(3);
         let per_account = o.snapshots.div_ceil(o.accounts);
         let snapshots = (0..o.snapshots).map(|k| {
             let (i, seq) = (k % o.accounts, k / o.accounts + 1);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use crate::money::types::{format_instant, kst, kst_midnight_utc};
+use crate::money::types::format_instant;
 use crate::stack::{fire_claims, percentiles, ClaimResult, ClaimSpec, PrivateBroker, Stack};
 
 pub struct DemoOptions {
@@ -29,9 +29,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     // A fresh broker of its own (the cached nisshi): the shared one may hold data from earlier runs.
     let broker = PrivateBroker::start().await?;
     let mut stack = Stack::create("interest_now_demo", &opts.admin_db_url, &broker.address, 12, plans).await?;
-    let now = Utc::now();
-    let midnight = kst_midnight_utc(now.with_timezone(&kst()).date_naive() + chrono::Days::new(1));
-    stack.offset_secs = (midnight - now).num_seconds() - LEAD_SECS;
+    let (midnight, offset) = crate::stack::next_midnight_offset(crate::stack::run_clock_now()?, LEAD_SECS);
+    stack.offset_secs = offset;
     let service_now = |offset: i64| Utc::now() + chrono::Duration::seconds(offset);
     println!(
         "  service clock set to {} (CLOCK_OFFSET_SECONDS={})",

@@ -111,6 +111,31 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// "Now" for a run of the demo or a benchmark: the system clock, shifted by
+/// `CLOCK_OFFSET_SECONDS` when the environment sets it (so a run can be placed
+/// at a chosen date, e.g. by the shifted-clock tests). A malformed value is an
+/// error, like the service's own.
+pub fn run_clock_now() -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let offset = match std::env::var("CLOCK_OFFSET_SECONDS") {
+        Ok(v) => v
+            .parse::<i64>()
+            .map_err(|_| anyhow::anyhow!("CLOCK_OFFSET_SECONDS must be a whole number of seconds, got {v:?}"))?,
+        Err(_) => 0,
+    };
+    Ok(chrono::Utc::now() + chrono::Duration::seconds(offset))
+}
+
+/// The next 00:00 KST after `now`, and the offset that puts a service clock
+/// `lead_secs` before it at this moment.
+pub fn next_midnight_offset(
+    now: chrono::DateTime<chrono::Utc>,
+    lead_secs: i64,
+) -> (chrono::DateTime<chrono::Utc>, i64) {
+    let midnight =
+        crate::money::types::kst_midnight_utc(crate::money::types::business_date(now) + chrono::Days::new(1));
+    (midnight, (midnight - chrono::Utc::now()).num_seconds() - lead_secs)
+}
+
 pub struct Stack {
     pub name: String,
     pub db_url: String,

@@ -8,14 +8,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chrono::{Duration as Dur, Utc};
+use chrono::Duration as Dur;
 use interest_now::money::types::format_instant;
 use sqlx::Row;
 
 use crate::harness::{Answer, Api, Env};
 
 async fn load(env: &Env, n: usize) -> Vec<String> {
-    let as_of = format_instant(Utc::now() - Dur::days(2));
+    let as_of = format_instant(crate::harness::now() - Dur::days(2));
     let accounts: Vec<String> = (0..n).map(|i| format!("f-{i:04}")).collect();
     for a in &accounts {
         env.snapshot(a, 1, "100000000", &as_of).await;

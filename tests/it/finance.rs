@@ -15,7 +15,7 @@ use interest_now::money::types::{kst, kst_midnight_utc};
 use interest_now::money::ACCRUAL_DENOMINATOR as DEN;
 use sqlx::Row;
 
-use crate::harness::Env;
+use crate::harness::{offset_to, Env};
 
 /// The test plans: flat 2.0% ACT/365F (carry and drop), and 3.65% daily close.
 const PLANS: &str = r#"{"plans":[
@@ -37,7 +37,7 @@ fn won(n: i128) -> i128 {
 }
 
 fn kst_today() -> NaiveDate {
-    Utc::now().with_timezone(&kst()).date_naive()
+    crate::harness::now().with_timezone(&kst()).date_naive()
 }
 
 fn days_before(d: NaiveDate, n: u64) -> NaiveDate {
@@ -52,26 +52,10 @@ fn rfc(t: DateTime<Utc>) -> String {
     interest_now::money::types::format_instant(t)
 }
 
-/// CLOCK_OFFSET_SECONDS that makes "now" read `at`.
-fn offset_to(at: DateTime<Utc>) -> String {
-    (at - Utc::now()).num_seconds().to_string()
-}
-
 /// A fresh environment with the test plans imported.
 async fn fin_env(partitions: i32) -> Env {
     let env = Env::new(partitions).await;
-    let path = std::env::temp_dir().join(format!("{}-fin-plans.json", env.name));
-    std::fs::write(&path, PLANS).unwrap();
-    let out = env
-        .command(&["plans", "import", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "plans import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.import_plans(PLANS);
     env
 }
 
@@ -1059,6 +1043,7 @@ fn finance_commands_refuse_bad_arguments_with_2_and_an_unfinished_day_with_1() {
         Command::new(bin)
             .args(args)
             .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("CLOCK_OFFSET_SECONDS", crate::harness::suite_offset().to_string())
             .output()
             .unwrap()
     };

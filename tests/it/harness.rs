@@ -3,11 +3,21 @@
 //! service as real child processes on free loopback ports.
 //!
 //! Needs `scripts/infra-up` (the README's test command runs it).
+//!
+//! Time: every test reads "now" from [`now`], the suite's clock, and every
+//! process the harness starts gets the same clock through
+//! `CLOCK_OFFSET_SECONDS`. `TEST_CLOCK_AT` (RFC 3339) places the whole run at
+//! that instant (the suite then runs forward from it): `scripts/test-dates`
+//! runs the time-sensitive tests at a rate change, a month end, a leap day
+//! and one second before New Year, so no test may depend on today's date.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -25,6 +35,33 @@ pub fn brokers() -> String {
 
 fn admin_db_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Seconds between the suite's clock and the system clock, fixed at the first
+/// reading: 0, or what places the run at `TEST_CLOCK_AT`.
+static SUITE_OFFSET: LazyLock<i64> = LazyLock::new(|| match std::env::var("TEST_CLOCK_AT") {
+    Ok(at) if !at.is_empty() => {
+        let at = DateTime::parse_from_rfc3339(&at)
+            .unwrap_or_else(|e| panic!("TEST_CLOCK_AT={at:?} is not an RFC 3339 instant: {e}"));
+        (at.with_timezone(&Utc) - Utc::now()).num_seconds()
+    }
+    _ => 0,
+});
+
+/// The suite's offset from the system clock, in whole seconds (what the
+/// harness passes as `CLOCK_OFFSET_SECONDS`).
+pub fn suite_offset() -> i64 {
+    *SUITE_OFFSET
+}
+
+/// "Now" on the suite's clock: the instant the service processes read.
+pub fn now() -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::seconds(suite_offset())
+}
+
+/// `CLOCK_OFFSET_SECONDS` that makes a process's clock read `at` now.
+pub fn offset_to(at: DateTime<Utc>) -> String {
+    (at - Utc::now()).num_seconds().to_string()
 }
 
 pub fn free_addr() -> SocketAddr {
@@ -136,6 +173,7 @@ impl Env {
             .env("KAFKA_GROUP_ID", format!("{}-group", self.name))
             .env("API_TOKENS", format!("{TOKEN},other-token"))
             .env("CLAIM_WAIT_MS", "5000")
+            .env("CLOCK_OFFSET_SECONDS", suite_offset().to_string())
             .env("RUST_LOG", "info,rdkafka=warn,sqlx=warn");
         c
     }
@@ -186,11 +224,36 @@ impl Env {
             .expect("produce");
     }
 
+    /// A snapshot on the default plan.
     pub async fn snapshot(&self, account: &str, seq: u64, balance: &str, as_of: &str) {
         let json = format!(
             r#"{{"account_id":"{account}","seq":{seq},"balance":"{balance}","currency":"KRW","as_of":"{as_of}"}}"#
         );
         self.produce("balance-snapshots", account, &json).await;
+    }
+
+    /// A snapshot that names its rate plan.
+    pub async fn snapshot_on(&self, plan: &str, account: &str, seq: u64, balance: &str, as_of: &str) {
+        let json = format!(
+            r#"{{"account_id":"{account}","seq":{seq},"balance":"{balance}","currency":"KRW","as_of":"{as_of}","plan":"{plan}"}}"#
+        );
+        self.produce("balance-snapshots", account, &json).await;
+    }
+
+    /// Imports a plan file (JSON text) with `plans import`, on the suite's clock.
+    pub fn import_plans(&self, json: &str) {
+        let path = std::env::temp_dir().join(format!("{}-{}-plans.json", self.name, uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, json).unwrap();
+        let out = self
+            .command(&["plans", "import", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "plans import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Waits until `sql` (returning one bigint) yields `want`.

@@ -292,7 +292,7 @@ async fn start(extra: &[(&str, &str)]) -> (Env, Service) {
         "known-acct",
         1,
         "1000000",
-        &interest_now::money::types::format_instant(chrono::Utc::now()),
+        &interest_now::money::types::format_instant(crate::harness::now()),
     )
     .await;
     env.wait_accounts(1).await;

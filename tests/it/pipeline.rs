@@ -3,16 +3,16 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{Duration as Dur, Utc};
+use chrono::Duration as Dur;
 use interest_now::money::types::{format_instant, kst, kst_midnight_utc};
 use interest_now::simulate::Options;
 use sqlx::Row;
 
-use crate::harness::{payout_rows, Env};
+use crate::harness::{now, payout_rows, suite_offset, Env};
 use crate::support::check;
 
 fn two_days_ago() -> String {
-    format_instant(Utc::now() - Dur::days(2))
+    format_instant(now() - Dur::days(2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,12 +95,12 @@ async fn idempotency_keys_replay_refuse_and_never_pay_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_either_side_of_midnight_get_their_own_business_date() {
     let env = Env::new(4).await;
-    // Stand 8 seconds before the next 00:00 KST.
-    let now = Utc::now();
-    let next_midnight = kst_midnight_utc(now.with_timezone(&kst()).date_naive() + Dur::days(1));
-    let offset = (next_midnight - now).num_seconds() - 8;
+    // Stand 8 seconds before the next 00:00 KST of the suite's clock.
+    let suite_now = now();
+    let next_midnight = kst_midnight_utc(suite_now.with_timezone(&kst()).date_naive() + Dur::days(1));
+    let offset = suite_offset() + (next_midnight - suite_now).num_seconds() - 8;
     let svc = env.serve("all", &[("CLOCK_OFFSET_SECONDS", &offset.to_string())]).await;
-    let service_now = || Utc::now() + Dur::seconds(offset);
+    let service_now = || chrono::Utc::now() + Dur::seconds(offset);
     // 10^12 won earns about 634 won a second.
     env.snapshot(
         "dave",
@@ -110,7 +110,7 @@ async fn claims_either_side_of_midnight_get_their_own_business_date() {
     )
     .await;
     env.wait_accounts(1).await;
-    let until = |t: chrono::DateTime<Utc>| (t - service_now()).to_std().unwrap_or_default();
+    let until = |t: chrono::DateTime<chrono::Utc>| (t - service_now()).to_std().unwrap_or_default();
     tokio::time::sleep(until(next_midnight - Dur::milliseconds(700))).await;
     let before = svc.claim("dave", "before-midnight").await;
     tokio::time::sleep(until(next_midnight + Dur::milliseconds(300))).await;
@@ -178,7 +178,7 @@ async fn bad_snapshots_go_to_the_dlq_with_their_reason_and_good_ones_flow() {
     }
     // A sequence whose as_of runs backwards.
     env.snapshot("good", 1, "1000", &t).await;
-    env.snapshot("good", 2, "2000", &format_instant(Utc::now() - Dur::days(3)))
+    env.snapshot("good", 2, "2000", &format_instant(now() - Dur::days(3)))
         .await;
     env.snapshot("good2", 1, "1000", &t).await;
     env.wait_accounts(2).await;
@@ -215,19 +215,37 @@ async fn bad_snapshots_go_to_the_dlq_with_their_reason_and_good_ones_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_and_late_snapshots_correct_the_next_payout() {
+    // A plan of the test's own with one rate for all time, so the correction
+    // does not depend on the date the suite runs on (issue 13: the example
+    // plan changes its rate on 2026-12-01).
+    const RATE_PERCENT: i64 = 2;
+    let plan = crate::support::flat_plan(
+        "late-flat",
+        &RATE_PERCENT.to_string(),
+        "ACT/365F",
+        "continuous",
+        "carry",
+    );
     let env = Env::new(2).await;
+    env.import_plans(&format!(r#"{{"plans":[{plan}]}}"#));
     let svc = env.serve("all", &[("CLAIMS_PER_DAY", "5")]).await;
-    let base = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let base = chrono::DateTime::from_timestamp(now().timestamp(), 0).unwrap();
     let d = |h: i64| format_instant(base - Dur::hours(h));
-    env.snapshot("erin", 1, "36500000", &d(72)).await;
-    env.snapshot("erin", 3, "36500000", &d(24)).await;
+    let (balance, late_balance) = (36_500_000_i64, 73_000_000_i64);
+    env.snapshot_on("late-flat", "erin", 1, &balance.to_string(), &d(72))
+        .await;
+    env.snapshot_on("late-flat", "erin", 3, &balance.to_string(), &d(24))
+        .await;
     env.wait_count("SELECT count(*) FROM balance_points", 2).await;
     let first = svc.claim("erin", "e1").await;
     assert_eq!(first.status, 201);
-    // seq 2 arrives late: the balance doubled from 48 h to 24 h ago: +2,000 won already paid at the old rate.
+    // seq 2 arrives late: the balance doubled from 48 h to 24 h ago, a day
+    // already paid at the old balance.
     let late_as_of = d(48);
-    env.snapshot("erin", 2, "73000000", &late_as_of).await;
-    env.snapshot("erin", 2, "73000000", &late_as_of).await;
+    env.snapshot_on("late-flat", "erin", 2, &late_balance.to_string(), &late_as_of)
+        .await;
+    env.snapshot_on("late-flat", "erin", 2, &late_balance.to_string(), &late_as_of)
+        .await;
     env.wait_count("SELECT count(*) FROM balance_points", 3).await;
     let metrics_url = format!("http://{}/metrics", svc.admin);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -242,9 +260,16 @@ async fn duplicate_and_late_snapshots_correct_the_next_payout() {
     }
     let second = svc.claim("erin", "e2").await;
     assert_eq!(second.status, 201, "{:?}", second.body);
-    // The 2,000-won correction minus nothing: carry may add up to 1 won.
+    // One day (ACT/365F) of interest on the extra balance: an exact number of
+    // won here (36,500,000 × 2% / 365 = 2,000), so no rounding to allow for.
+    let correction = (late_balance - balance) * RATE_PERCENT / 100 / 365;
+    assert_eq!(
+        (late_balance - balance) * RATE_PERCENT % (100 * 365),
+        0,
+        "the expected correction is whole won"
+    );
     let adj: i64 = second.body["adjustment"].as_str().unwrap().parse().unwrap();
-    assert_eq!(adj, 2000);
+    assert_eq!(adj, correction);
     let rows = payout_rows(&env.pool).await;
     assert_eq!(rows.len(), 2);
     env.drop_db().await;

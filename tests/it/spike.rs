@@ -14,6 +14,7 @@ fn bench(args: &[&str]) -> serde_json::Value {
             std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
         )
         .env("KAFKA_BROKERS", crate::harness::brokers())
+        .env("CLOCK_OFFSET_SECONDS", crate::harness::suite_offset().to_string())
         .output()
         .expect("run the benchmark");
     let stdout = String::from_utf8_lossy(&out.stdout);
