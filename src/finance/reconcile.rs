@@ -221,7 +221,8 @@ pub fn payout_problems(p: &PayoutAmounts) -> Vec<String> {
     out
 }
 
-/// (b) The journal rows of D.
+/// (b) The journal rows of D: each row's arithmetic and continuity, then
+/// that every account that existed by the cut has its row.
 async fn check_journal(pool: &PgPool, day: &Day, report: &mut Report) -> anyhow::Result<()> {
     let close = sqlx::query("SELECT completed_at FROM day_closes WHERE business_date = $1")
         .bind(day.date)
@@ -238,7 +239,32 @@ async fn check_journal(pool: &PgPool, day: &Day, report: &mut Report) -> anyhow:
         }
         Some(r) => r.get("completed_at"),
     };
-    let rows = sqlx::query(
+    let checked = check_journal_rows(pool, day, report).await?;
+    let Some(done) = completed else {
+        report.lines.push(format!(
+            "(b) daily_accruals: {checked} rows checked, but close-day for {} has not completed; rerun it",
+            day.date
+        ));
+        report.fail(
+            "b",
+            "",
+            format!("close-day for {} started but did not complete; rerun it", day.date),
+        );
+        return Ok(());
+    };
+    check_journal_complete(pool, day, report).await?;
+    report.lines.push(format!(
+        "(b) daily_accruals: {checked} rows checked; close-day completed at {}",
+        kst(done)
+    ));
+    Ok(())
+}
+
+/// Streams D's journal rows with the previous day's end and the day's
+/// payouts beside each, and reports every row that does not add up.
+/// Returns the number of rows checked.
+async fn check_journal_rows(pool: &PgPool, day: &Day, report: &mut Report) -> anyhow::Result<u64> {
+    let mut rows = sqlx::query(
         "SELECT d.account_id, d.currency, d.accrued_units::text AS au, d.corrections_units::text AS cu,
                 d.paid_units::text AS pu, d.liability_start_units::text AS ls, d.liability_end_units::text AS le,
                 d.accrued::text AS accrued, d.liability_end::text AS liability_end,
@@ -258,44 +284,40 @@ async fn check_journal(pool: &PgPool, day: &Day, report: &mut Report) -> anyhow:
     .bind(day.t)
     .fetch(pool);
     let mut checked = 0_u64;
-    let mut rows = rows;
     while let Some(r) = rows.try_next().await.context("reading daily_accruals")? {
         checked += 1;
         let account: String = r.get("account_id");
-        let row = JournalRow {
-            currency: Currency::try_from(r.get::<&str, _>("currency"))?,
-            units: [
-                units(r.get("au"))?,
-                units(r.get("cu"))?,
-                units(r.get("pu"))?,
-                units(r.get("ls"))?,
-                units(r.get("le"))?,
-            ],
-            shown: [
-                r.get::<&str, _>("accrued").parse()?,
-                r.get::<&str, _>("liability_end").parse()?,
-            ],
-            prev_end: r.get::<Option<&str>, _>("prev_le").map(units).transpose()?,
-            paid_gross: r.get::<&str, _>("pay_gross").parse()?,
-            paid_dropped: units(r.get("pay_dropped"))?,
-        };
-        for detail in journal_problems(&row) {
+        for detail in journal_problems(&journal_row(&r)?) {
             report.fail("b", &account, detail);
         }
     }
-    drop(rows);
-    let Some(done) = completed else {
-        report.lines.push(format!(
-            "(b) daily_accruals: {checked} rows checked, but close-day for {} has not completed; rerun it",
-            day.date
-        ));
-        report.fail(
-            "b",
-            "",
-            format!("close-day for {} started but did not complete; rerun it", day.date),
-        );
-        return Ok(());
-    };
+    Ok(checked)
+}
+
+/// A row of the query in `check_journal_rows`, parsed.
+fn journal_row(r: &sqlx::postgres::PgRow) -> anyhow::Result<JournalRow> {
+    Ok(JournalRow {
+        currency: Currency::try_from(r.get::<&str, _>("currency"))?,
+        units: [
+            units(r.get("au"))?,
+            units(r.get("cu"))?,
+            units(r.get("pu"))?,
+            units(r.get("ls"))?,
+            units(r.get("le"))?,
+        ],
+        shown: [
+            r.get::<&str, _>("accrued").parse()?,
+            r.get::<&str, _>("liability_end").parse()?,
+        ],
+        prev_end: r.get::<Option<&str>, _>("prev_le").map(units).transpose()?,
+        paid_gross: r.get::<&str, _>("pay_gross").parse()?,
+        paid_dropped: units(r.get("pay_dropped"))?,
+    })
+}
+
+/// Every account that had a balance point applied before the cut has a
+/// journal row for D.
+async fn check_journal_complete(pool: &PgPool, day: &Day, report: &mut Report) -> anyhow::Result<()> {
     let missing: Vec<String> = sqlx::query_scalar(
         "SELECT a.account_id FROM accounts a
          WHERE EXISTS (SELECT 1 FROM balance_points p WHERE p.account_id = a.account_id AND p.received_at < $2)
@@ -317,10 +339,6 @@ async fn check_journal(pool: &PgPool, day: &Day, report: &mut Report) -> anyhow:
             ),
         );
     }
-    report.lines.push(format!(
-        "(b) daily_accruals: {checked} rows checked; close-day completed at {}",
-        kst(done)
-    ));
     Ok(())
 }
 
