@@ -133,7 +133,8 @@ impl Env {
             .iter()
             .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(1)))
             .collect();
-        for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+        for r in admin.create_topics(&topics, &options).await? {
             r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
         }
         Ok(())

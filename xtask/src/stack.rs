@@ -34,12 +34,15 @@ pub fn product() -> anyhow::Result<Product> {
     Ok(Product { bin, dir })
 }
 
-/// `cargo build -p interest-now` in the profile of `profile_dir` (debug, release, …).
+/// `cargo build -p interest-now -p xtask` in the profile of `profile_dir`
+/// (debug, release, …): with the dev tool in the build, the dependencies'
+/// features are those of the dev tool's own build (and of `scripts/demo`),
+/// so nothing is rebuilt and the binary is the one built with it.
 fn build_product(cargo: &str, profile_dir: &std::path::Path) -> anyhow::Result<()> {
     let profile = profile_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
     let profile = if profile == "debug" { "dev" } else { profile };
     let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "--package", "interest-now", "--bin", "interest-now"])
+        .args(["build", "--quiet", "--package", "interest-now", "--package", "xtask"])
         .args(["--profile", profile])
         .status()
         .context("building interest-now")?;
