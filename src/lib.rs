@@ -3,11 +3,9 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod finance;
 pub mod kafka;
 pub mod money;
@@ -16,6 +14,5 @@ pub mod problem;
 pub mod repo;
 pub mod request;
 pub mod simulate;
-pub mod stack;
 pub mod telemetry;
 pub mod worker;

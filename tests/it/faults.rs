@@ -319,7 +319,7 @@ async fn past_the_in_flight_bound_claims_get_503_not_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_stopped_and_restarted_loses_and_doubles_nothing() {
-    use interest_now::stack::PrivateBroker;
+    use crate::harness::PrivateBroker;
     let bin = PrivateBroker::binary().expect("the broker scripts/infra-up builds");
     assert!(
         bin.to_string_lossy().contains("sqlite"),

@@ -377,7 +377,7 @@ async fn bearer_tokens_never_reach_the_log() {
     // Stop the service so that everything it logged is in the file.
     svc.sigterm();
     svc.wait_exit(Duration::from_secs(30));
-    let log_path = std::env::temp_dir().join(format!("{}-all-{}.log", env.name, svc.admin.port()));
+    let log_path = svc.log.clone();
     let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
     assert!(
         log.contains("\"serving\""),

@@ -8,5 +8,4 @@ mod money_rules;
 mod pipeline;
 mod properties;
 mod simulate_cli;
-mod spike;
 mod support;

@@ -1,4 +1,4 @@
-//! `interest-now demo`: the whole story on one machine. 10,000 accounts,
+//! `xtask demo`: the whole story on one machine. 10,000 accounts,
 //! two worker processes and an API, the clock set just before 00:00 KST, and
 //! claims fired through the midnight rollover, then a short report.
 
@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use crate::money::types::format_instant;
-use crate::stack::{fire_claims, percentiles, ClaimResult, ClaimSpec, PrivateBroker, Stack};
+use interest_now::money::types::format_instant;
+use interest_now_harness::PrivateBroker;
+
+use crate::load::{fire_claims, percentiles, ClaimResult, ClaimSpec};
+use crate::stack::{next_midnight_offset, run_clock_now, Stack};
 
 pub struct DemoOptions {
     pub admin_db_url: String,
@@ -21,7 +24,7 @@ const LEAD_SECS: i64 = 25;
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    let plans = include_str!("../examples/plans.json");
+    let plans = include_str!("../../examples/plans.json");
     println!(
         "interest-now demo: {} accounts through the 00:00 KST rollover\n",
         opts.accounts
@@ -29,13 +32,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     // A fresh broker of its own (the cached nisshi): the shared one may hold data from earlier runs.
     let broker = PrivateBroker::start().await?;
     let mut stack = Stack::create("interest_now_demo", &opts.admin_db_url, &broker.address, 12, plans).await?;
-    let (midnight, offset) = crate::stack::next_midnight_offset(crate::stack::run_clock_now()?, LEAD_SECS);
-    stack.offset_secs = offset;
-    let service_now = |offset: i64| Utc::now() + chrono::Duration::seconds(offset);
+    let (midnight, offset) = next_midnight_offset(run_clock_now()?, LEAD_SECS);
+    stack.env.offset_secs = offset;
     println!(
         "  service clock set to {} (CLOCK_OFFSET_SECONDS={})",
-        format_instant(service_now(stack.offset_secs)),
-        stack.offset_secs
+        format_instant(stack.service_now()),
+        stack.env.offset_secs
     );
     stack.spawn("worker", &[]).await?;
     stack.spawn("worker", &[]).await?;
@@ -44,10 +46,38 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         "  started 2 workers and 1 API ({:.1} s)",
         started.elapsed().as_secs_f32()
     );
-
     let n = opts.accounts;
-    let small = n / 20; // accounts whose interest stays under 1 won: nothing to claim
-    let as_of = format_instant(service_now(stack.offset_secs) - chrono::Duration::days(3));
+    load(&stack, n).await?;
+    println!(
+        "  {} balance snapshots streamed and applied ({:.1} s)",
+        n,
+        started.elapsed().as_secs_f32()
+    );
+    let before = claims_before_midnight(&stack, n, midnight).await;
+    let (after, spike_secs) = claims_from_midnight(&stack, n, midnight).await?;
+    report(&stack, &before, &after, spike_secs).await?;
+    println!(
+        "\n  finished in {:.1} s; processes stopped.",
+        started.elapsed().as_secs_f32()
+    );
+    println!(
+        "  The demo database stays for you to explore: psql {}",
+        stack.env.db_url
+    );
+    stack.teardown(true).await;
+    drop(broker);
+    Ok(())
+}
+
+/// Accounts whose interest stays under 1 won (nothing to claim): the first `n / 20`.
+fn small(n: usize) -> usize {
+    n / 20
+}
+
+/// One snapshot per account, three days before the service clock, on the three example plans.
+async fn load(stack: &Stack, n: usize) -> anyhow::Result<()> {
+    let small = small(n);
+    let as_of = format_instant(stack.service_now() - chrono::Duration::days(3));
     let snapshots = (0..n).map(|i| {
         let id = format!("acct-{i:05}");
         let balance = if i < small { 1_000 } else { 1_000_000 + (i as i64 * 7_919) % 200_000_000 };
@@ -57,19 +87,21 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         );
         (id, json)
     });
-    stack.produce_snapshots(snapshots).await?;
+    stack.env.produce_many("balance-snapshots", snapshots).await?;
     stack
         .wait_count("SELECT count(*) FROM accounts", n as i64, Duration::from_secs(120))
-        .await?;
-    println!(
-        "  {} balance snapshots streamed and applied ({:.1} s)",
-        n,
-        started.elapsed().as_secs_f32()
-    );
+        .await
+}
 
-    // Before midnight: a fifth of the accounts claim, some retry with the same key.
-    let wait_until = |t: DateTime<Utc>, offset: i64| (t - service_now(offset)).to_std().unwrap_or_default();
-    tokio::time::sleep(wait_until(midnight - chrono::Duration::seconds(6), stack.offset_secs)).await;
+/// Sleeps until `t` on the service clock.
+async fn sleep_until(stack: &Stack, t: DateTime<Utc>) {
+    tokio::time::sleep((t - stack.service_now()).to_std().unwrap_or_default()).await;
+}
+
+/// Before midnight: a fifth of the accounts claim, some retry with the same key.
+async fn claims_before_midnight(stack: &Stack, n: usize, midnight: DateTime<Utc>) -> Vec<ClaimResult> {
+    sleep_until(stack, midnight - chrono::Duration::seconds(6)).await;
+    let small = small(n);
     let early: Vec<ClaimSpec> = (small..small + n / 5)
         .map(|i| (format!("acct-{i:05}"), format!("eve-{i}")))
         .collect();
@@ -79,15 +111,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!(
         "  {} claims before midnight (service clock {})",
         before.len(),
-        format_instant(service_now(stack.offset_secs))
+        format_instant(stack.service_now())
     );
+    before
+}
 
-    // The spike: from 00:00 every account claims; some retry, some claim twice.
-    tokio::time::sleep(wait_until(
-        midnight + chrono::Duration::milliseconds(100),
-        stack.offset_secs,
-    ))
-    .await;
+/// The spike: from 00:00 every account claims; some retry, some claim twice.
+/// Returns the results and the spike's seconds, once every payout is published.
+async fn claims_from_midnight(
+    stack: &Stack,
+    n: usize,
+    midnight: DateTime<Utc>,
+) -> anyhow::Result<(Vec<ClaimResult>, f64)> {
+    sleep_until(stack, midnight + chrono::Duration::milliseconds(100)).await;
     let mut spike: Vec<ClaimSpec> = (0..n).map(|i| (format!("acct-{i:05}"), format!("day-{i}"))).collect();
     spike.extend((0..n).step_by(20).map(|i| (format!("acct-{i:05}"), format!("day-{i}"))));
     spike.extend(
@@ -102,21 +138,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .wait_count(
             "SELECT count(*) FROM payout_outbox WHERE published_at IS NOT NULL",
             sqlx::query_scalar("SELECT count(*) FROM interest_payouts")
-                .fetch_one(&stack.pool)
+                .fetch_one(stack.pool())
                 .await?,
             Duration::from_secs(60),
         )
         .await?;
-
-    report(&stack, &before, &after, spike_secs).await?;
-    println!(
-        "\n  finished in {:.1} s; processes stopped.",
-        started.elapsed().as_secs_f32()
-    );
-    println!("  The demo database stays for you to explore: psql {}", stack.db_url);
-    stack.teardown(true).await;
-    drop(broker);
-    Ok(())
+    Ok((after, spike_secs))
 }
 
 fn outcome(r: &ClaimResult) -> String {
@@ -156,7 +183,7 @@ async fn report(stack: &Stack, before: &[ClaimResult], after: &[ClaimResult], sp
         "SELECT business_date::text, kind, count(*), sum(gross)::text, sum(income_tax + local_tax + rural_tax)::text, sum(net)::text
          FROM interest_payouts GROUP BY 1, 2 ORDER BY 1, 2",
     )
-    .fetch_all(&stack.pool)
+    .fetch_all(stack.pool())
     .await?;
     println!(
         "  {:<12} {:<6} {:>7} {:>14} {:>12} {:>14}",
@@ -171,17 +198,30 @@ async fn report(stack: &Stack, before: &[ClaimResult], after: &[ClaimResult], sp
         "SELECT count(*) FROM (SELECT account_id, business_date FROM interest_payouts WHERE kind = 'claim'
           GROUP BY 1, 2 HAVING count(*) > 1) d",
     )
-    .fetch_one(&stack.pool)
+    .fetch_one(stack.pool())
     .await?;
     println!("  accounts paid twice on one business date: {dupes}");
 
+    first_rows(stack).await?;
+    println!("\nWhere to look next");
+    println!("  interest-now report payouts --date <D>     the payout table for finance (CSV)");
+    println!("  interest-now simulate --plans examples/plans.json --events examples/events.jsonl");
+    println!(
+        "  ARCHITECTURE.md (the claim path), docs/FINANCE.md, openapi.yaml; logs under {}",
+        stack.log_dir().display()
+    );
+    Ok(())
+}
+
+/// The first rows of the payout table, as finance sees them.
+async fn first_rows(stack: &Stack) -> anyhow::Result<()> {
     println!("\nFirst rows of the payout table");
     let rows = sqlx::query(
         "SELECT account_id, business_date::text, period_start, period_end, gross::text, income_tax::text,
                 local_tax::text, net::text, plan_id
          FROM interest_payouts ORDER BY accepted_at, account_id LIMIT 6",
     )
-    .fetch_all(&stack.pool)
+    .fetch_all(stack.pool())
     .await?;
     println!(
         "  {:<11} {:<11} {:<30} {:<30} {:>7} {:>6} {:>5} {:>7} plan",
@@ -198,12 +238,5 @@ async fn report(stack: &Stack, before: &[ClaimResult], after: &[ClaimResult], sp
             format_instant(pe)
         );
     }
-    println!("\nWhere to look next");
-    println!("  interest-now report payouts --date <D>     the payout table for finance (CSV)");
-    println!("  interest-now simulate --plans examples/plans.json --events examples/events.jsonl");
-    println!(
-        "  ARCHITECTURE.md (the claim path), docs/FINANCE.md, openapi.yaml; logs under {}",
-        stack.log_dir.display()
-    );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `interest-now bench spike|ingest`: the midnight spike and snapshot ingest,
+//! `xtask bench spike|ingest`: the midnight spike and snapshot ingest,
 //! measured on the real service (separate API and worker processes), the
 //! real broker and the real database, with a pgbench baseline on the same
 //! database. Bounded in count and time; stops what it starts; prints one JSON
@@ -9,11 +9,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::money::types::{business_date, format_instant};
-use crate::stack::{fire_claims, percentiles, ClaimSpec, PrivateBroker, Stack};
+use interest_now::money::types::{business_date, format_instant};
+use interest_now_harness::PrivateBroker;
+
+use crate::load::{fire_claims, percentiles, ClaimResult, ClaimSpec};
+use crate::stack::{next_midnight_offset, run_clock_now, Stack};
 
 pub struct SpikeOptions {
     pub admin_db_url: String,
@@ -52,25 +55,11 @@ async fn load(stack: &Stack, n: usize, as_of: &str) -> anyhow::Result<f64> {
         );
         (id, json)
     });
-    stack.produce_snapshots(snapshots).await?;
+    stack.env.produce_many("balance-snapshots", snapshots).await?;
     stack
         .wait_count("SELECT count(*) FROM accounts", n as i64, Duration::from_secs(600))
         .await?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
-}
-
-/// Peak resident memory (VmHWM) of the worker processes, in MB.
-fn worker_rss_mb_max(stack: &Stack) -> u64 {
-    stack
-        .children
-        .iter()
-        .filter(|(role, _, _)| role == "worker")
-        .filter_map(|(_, c, _)| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
-        .filter_map(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .filter_map(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        .max()
-        .unwrap_or(0)
-        / 1024
 }
 
 /// The broker a run uses: its own (default) or the shared one.
@@ -91,22 +80,40 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
         &o.admin_db_url,
         &brokers,
         o.partitions,
-        include_str!("../examples/plans.json"),
+        include_str!("../../examples/plans.json"),
     )
     .await?;
+    let (midnight, ingest_rate) = prepare(&mut stack, &o).await?;
+    let (results, secs) = fire(&mut stack, &o, midnight).await?;
+    let rss = stack.worker_rss_mb_max();
+    let day = business_date(midnight).to_string();
+    let (paid_accounts, duplicates) = payout_check(&stack, &day).await?;
+    let (baseline, ceiling) = baselines(&stack, o.concurrency.min(64), o.baseline_seconds)?;
+    let mut line = summary(&o, &results, secs, paid_accounts, duplicates, (baseline, ceiling));
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    line["worker_rss_mb_max"] = json!(rss);
+    line["ingest_snapshots_per_s"] = json!(round(ingest_rate));
+    line["elapsed_s"] = json!(round(started.elapsed().as_secs_f64()));
+    stack.teardown(false).await;
+    Ok(line)
+}
+
+/// Sets the service clock `lead` seconds before the next midnight, starts the
+/// processes, loads the accounts (each already paid the day before); returns
+/// that midnight and the load's snapshot rate.
+async fn prepare(stack: &mut Stack, o: &SpikeOptions) -> anyhow::Result<(DateTime<Utc>, f64)> {
     // Midnight on the service clock comes `lead` seconds from now: time to start and load.
     let lead = 15 + (o.accounts / 10_000) as i64 * 2;
-    let (midnight, offset) = crate::stack::next_midnight_offset(crate::stack::run_clock_now()?, lead);
-    stack.offset_secs = offset;
-    let service_now = |off: i64| Utc::now() + chrono::Duration::seconds(off);
+    let (midnight, offset) = next_midnight_offset(run_clock_now()?, lead);
+    stack.env.offset_secs = offset;
     for _ in 0..o.workers {
         stack.spawn("worker", &[]).await?;
     }
     for _ in 0..o.apis {
-        stack.spawn("api", &[("CLAIM_WAIT_MS", "2000".into())]).await?;
+        stack.spawn("api", &[("CLAIM_WAIT_MS", "2000")]).await?;
     }
-    let as_of = format_instant(service_now(stack.offset_secs) - chrono::Duration::days(2));
-    let ingest_rate = load(&stack, o.accounts, &as_of).await?;
+    let as_of = format_instant(stack.service_now() - chrono::Duration::days(2));
+    let ingest_rate = load(stack, o.accounts, &as_of).await?;
     eprintln!("bench: {} accounts loaded ({ingest_rate:.0} snapshots/s)", o.accounts);
     // Every account already claimed on the day before midnight (a fixture, to keep the run short).
     let eve = midnight - chrono::Duration::seconds(600);
@@ -115,18 +122,23 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
     )
     .bind(eve)
     .bind(business_date(eve))
-    .execute(&stack.pool)
+    .execute(stack.pool())
     .await?;
     // As a production database would be: statistics current, the fixture's dead rows gone.
     sqlx::query("VACUUM ANALYZE accounts, balance_points")
-        .execute(&stack.pool)
+        .execute(stack.pool())
         .await?;
-    let until_midnight = (midnight - service_now(stack.offset_secs)).to_std().unwrap_or_default();
+    Ok((midnight, ingest_rate))
+}
+
+/// Waits for midnight on the service clock and fires every claim (and the
+/// retries), churning the workers if asked; returns the results and the seconds taken.
+async fn fire(stack: &mut Stack, o: &SpikeOptions, midnight: DateTime<Utc>) -> anyhow::Result<(Vec<ClaimResult>, f64)> {
+    let until_midnight = (midnight - stack.service_now()).to_std().unwrap_or_default();
     if until_midnight.is_zero() {
         eprintln!("bench: loading overran midnight on the service clock; the spike still runs on the new day");
     }
     tokio::time::sleep(until_midnight).await;
-
     let n = o.accounts;
     let mut claims: Vec<ClaimSpec> = (0..n).map(|i| (account_id(i), format!("spike-{i}"))).collect();
     let retries = n * o.retry_share_percent / 100;
@@ -141,30 +153,39 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         stack.spawn("worker", &[]).await?;
         let first = stack
-            .children
+            .services
             .iter()
-            .position(|(r, _, _)| r == "worker")
+            .position(|s| s.role == "worker")
             .expect("a worker");
-        let took = tokio::task::block_in_place(|| stack.stop_child(first, false))?;
+        let took = tokio::task::block_in_place(|| stack.services[first].stop(false))?;
         eprintln!(
             "bench: churn: a worker joined, another left (exited {:.1} s after SIGTERM)",
             took.as_secs_f32()
         );
     }
     let results = fire.await?;
-    let secs = t.elapsed().as_secs_f64();
-    let rss = worker_rss_mb_max(&stack);
-    let (p50, p95, p99, max) = percentiles(&results);
+    Ok((results, t.elapsed().as_secs_f64()))
+}
+
+/// The spike's JSON line (without the figures `spike` adds: memory, ingest, elapsed).
+fn summary(
+    o: &SpikeOptions,
+    results: &[ClaimResult],
+    secs: f64,
+    paid_accounts: i64,
+    duplicates: i64,
+    (baseline, ceiling): (f64, f64),
+) -> serde_json::Value {
+    let n = o.accounts;
+    let (p50, p95, p99, max) = percentiles(results);
     let mut statuses: HashMap<u16, usize> = HashMap::new();
-    for r in &results {
+    for r in results {
         *statuses.entry(r.status).or_default() += 1;
     }
     let errors = results
         .iter()
         .filter(|r| r.status != 201 && !(r.status == 409 && r.code.as_deref() == Some("claim_in_progress")))
         .count();
-    let day = business_date(midnight).to_string();
-    let (paid_accounts, duplicates) = payout_check(&stack, &day).await?;
     let answered: std::collections::HashSet<&str> = results
         .iter()
         .filter(|r| r.status == 201)
@@ -173,9 +194,8 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
     let lost = answered.len().saturating_sub(paid_accounts as usize) + n.saturating_sub(paid_accounts as usize);
     let completed = results.iter().filter(|r| r.status == 201).count();
     let claims_per_s = completed as f64 / secs;
-    let (baseline, ceiling) = baselines(&stack, o.concurrency.min(64), o.baseline_seconds)?;
     let round = |x: f64| (x * 10.0).round() / 10.0;
-    let line = json!({
+    json!({
         "accounts": n,
         "offered_rate": o.rate.map(|r| json!(r)).unwrap_or(json!("max")),
         "claims_per_s": round(claims_per_s),
@@ -185,15 +205,10 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
         "ceiling_claims_per_s": round(ceiling),
         "ratio_vs_baseline": round(claims_per_s / baseline.max(1.0) * 100.0) / 100.0,
         "ratio_vs_ceiling": round(claims_per_s / ceiling.max(1.0) * 100.0) / 100.0,
-        "worker_rss_mb_max": rss,
         "workers": o.workers, "apis": o.apis, "concurrency": o.concurrency,
         "statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "first_answer_202": results.iter().filter(|r| r.first_status == 202).count(),
-        "ingest_snapshots_per_s": round(ingest_rate),
-        "elapsed_s": round(started.elapsed().as_secs_f64()),
-    });
-    stack.teardown(false).await;
-    Ok(line)
+    })
 }
 
 /// (accounts with exactly one claim payout on `day`, accounts paid more than once that day).
@@ -204,7 +219,7 @@ async fn payout_check(stack: &Stack, day: &str) -> anyhow::Result<(i64, i64)> {
                WHERE kind = 'claim' AND business_date = $1::date GROUP BY account_id) p",
     )
     .bind(day)
-    .fetch_one(&stack.pool)
+    .fetch_one(stack.pool())
     .await?;
     Ok(row)
 }
@@ -216,20 +231,20 @@ async fn payout_check(stack: &Stack, day: &str) -> anyhow::Result<(i64, i64)> {
 fn baselines(stack: &Stack, clients: usize, seconds: u64) -> anyhow::Result<(f64, f64)> {
     let setup = include_str!("bench/baseline_setup.sql");
     let psql = Command::new("psql")
-        .args([&stack.db_url, "-q", "-v", "ON_ERROR_STOP=1", "-c", setup])
+        .args([&stack.env.db_url, "-q", "-v", "ON_ERROR_STOP=1", "-c", setup])
         .output()
         .context("psql")?;
     if !psql.status.success() {
         bail!("baseline setup: {}", String::from_utf8_lossy(&psql.stderr));
     }
-    let dir = stack.log_dir.clone();
+    let dir = stack.log_dir().clone();
     let single = dir.join("baseline_single.sql");
     let batched = dir.join("baseline_batch.sql");
     std::fs::write(&single, include_str!("bench/baseline_single.sql"))?;
     std::fs::write(&batched, include_str!("bench/baseline_batch.sql"))?;
     let accounts: i64 = {
         let out = Command::new("psql")
-            .args([&stack.db_url, "-tAc", "SELECT count(*) FROM baseline.accounts"])
+            .args([&stack.env.db_url, "-tAc", "SELECT count(*) FROM baseline.accounts"])
             .output()?;
         String::from_utf8_lossy(&out.stdout)
             .trim()
@@ -251,7 +266,7 @@ fn baselines(stack: &Stack, clients: usize, seconds: u64) -> anyhow::Result<(f64
             ])
             .arg("-f")
             .arg(script)
-            .arg(&stack.db_url)
+            .arg(&stack.env.db_url)
             .output()
             .context("pgbench (install postgresql-client)")?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -292,10 +307,10 @@ pub async fn ingest(o: IngestOptions) -> anyhow::Result<serde_json::Value> {
             &o.admin_db_url,
             &brokers,
             o.partitions,
-            include_str!("../examples/plans.json"),
+            include_str!("../../examples/plans.json"),
         )
         .await?;
-        let base = crate::stack::run_clock_now()? - chrono::Duration::days(3);
+        let base = run_clock_now()? - chrono::Duration::days(3);
         let per_account = o.snapshots.div_ceil(o.accounts);
         let snapshots = (0..o.snapshots).map(|k| {
             let (i, seq) = (k % o.accounts, k / o.accounts + 1);
@@ -309,7 +324,7 @@ pub async fn ingest(o: IngestOptions) -> anyhow::Result<serde_json::Value> {
                 ),
             )
         });
-        stack.produce_snapshots(snapshots).await?;
+        stack.env.produce_many("balance-snapshots", snapshots).await?;
         let t = Instant::now();
         for _ in 0..workers {
             stack.spawn("worker", &[]).await?;
@@ -322,7 +337,7 @@ pub async fn ingest(o: IngestOptions) -> anyhow::Result<serde_json::Value> {
             )
             .await?;
         let secs = t.elapsed().as_secs_f64();
-        let rss = worker_rss_mb_max(&stack);
+        let rss = stack.worker_rss_mb_max();
         eprintln!(
             "bench ingest: {workers} worker(s): {} snapshots in {secs:.1} s",
             o.snapshots

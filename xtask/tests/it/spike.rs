@@ -1,20 +1,41 @@
-//! A small, fast version of `bench spike` and `bench ingest` in CI: for
-//! correctness only (no timing assertions). The benchmarks create their own
-//! databases and topics and stop every process they start.
+//! A small, fast version of `xtask bench spike` and `xtask bench ingest` in
+//! CI: for correctness only (no timing assertions). The benchmarks create
+//! their own databases and topics and stop every process they start. They run
+//! on the suite's clock (`TEST_CLOCK_AT`, see the harness's `clock`), like the
+//! product's integration tests.
 
+use std::path::Path;
 use std::process::Command;
 
+use interest_now_harness::clock::suite_offset;
+
+/// The `interest-now` binary beside the dev tool: `cargo build --workspace`
+/// (or `cargo test --workspace`) builds it into the same directory.
+fn product_bin() -> std::path::PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_xtask")).with_file_name("interest-now");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo build --workspace --all-targets)",
+        bin.display()
+    );
+    bin
+}
+
 fn bench(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_interest-now"))
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("bench")
         .args(args)
+        .env("INTEREST_NOW_BIN", product_bin())
         .env(
             "DATABASE_URL",
             std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
         )
-        .env("KAFKA_BROKERS", crate::harness::brokers())
-        .env("CLOCK_OFFSET_SECONDS", crate::harness::suite_offset().to_string())
+        .env(
+            "KAFKA_BROKERS",
+            std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+        )
+        .env("CLOCK_OFFSET_SECONDS", suite_offset().to_string())
         .output()
         .expect("run the benchmark");
     let stdout = String::from_utf8_lossy(&out.stdout);
