@@ -305,45 +305,12 @@ impl Account {
         plans: &Plans,
         now: DateTime<Utc>,
     ) -> Result<SnapshotOutcome, ParseError> {
-        debug_assert_eq!(snap.account_id, self.id);
-        if snap.currency != self.currency {
-            return Err(reject(
-                "currency_mismatch",
-                format!("account is in {}", self.currency.code()),
-            ));
-        }
         let idx = self.points.partition_point(|p| p.seq < snap.seq);
-        let prev = idx.checked_sub(1).map(|i| &self.points[i]);
+        let plan = match self.placement(snap, plans, idx)? {
+            Placement::Duplicate => return Ok(SnapshotOutcome::Duplicate),
+            Placement::New { plan } => plan,
+        };
         let next = self.points.get(idx).filter(|p| p.seq > snap.seq);
-        if let Some(same) = self.points.get(idx).filter(|p| p.seq == snap.seq) {
-            let same_plan = snap.plan.as_ref().is_none_or(|p| *p == same.plan);
-            let identical = same.as_of == snap.as_of && same.balance == snap.balance && same_plan;
-            return if identical {
-                Ok(SnapshotOutcome::Duplicate)
-            } else {
-                Err(reject(
-                    "seq_conflict",
-                    format!("seq {} was already applied with other content", snap.seq),
-                ))
-            };
-        }
-        let plan = snap
-            .plan
-            .clone()
-            .or_else(|| prev.or(next).map(|p| p.plan.clone()))
-            .expect("an account has a point");
-        if prev.is_some_and(|p| p.as_of > snap.as_of) || next.is_some_and(|n| n.as_of < snap.as_of) {
-            return Err(reject(
-                "as_of_backwards",
-                "as_of runs backwards against the account's sequence",
-            ));
-        }
-        if plans.get(&plan).expect("decoder checked").accrual != self.style(plans) {
-            return Err(reject(
-                "plan_style_mismatch",
-                "a plan change may not switch the accrual style",
-            ));
-        }
         let late = snap.seq < self.last_seq;
         let at = snap.as_of.timestamp();
         let touches_paid = self.paid_any && at < self.paid_through;
@@ -381,6 +348,51 @@ impl Account {
             }
         }
         Ok(SnapshotOutcome::Applied { late, adjustment })
+    }
+
+    /// Where a snapshot goes in the timeline, and with which plan: refuses a
+    /// currency change, a seq applied with other content, an `as_of` out of
+    /// seq order and a switch of accrual style.
+    fn placement(&self, snap: &Snapshot, plans: &Plans, idx: usize) -> Result<Placement, ParseError> {
+        debug_assert_eq!(snap.account_id, self.id);
+        if snap.currency != self.currency {
+            return Err(reject(
+                "currency_mismatch",
+                format!("account is in {}", self.currency.code()),
+            ));
+        }
+        let prev = idx.checked_sub(1).map(|i| &self.points[i]);
+        let next = self.points.get(idx).filter(|p| p.seq > snap.seq);
+        if let Some(same) = self.points.get(idx).filter(|p| p.seq == snap.seq) {
+            let same_plan = snap.plan.as_ref().is_none_or(|p| *p == same.plan);
+            let identical = same.as_of == snap.as_of && same.balance == snap.balance && same_plan;
+            return if identical {
+                Ok(Placement::Duplicate)
+            } else {
+                Err(reject(
+                    "seq_conflict",
+                    format!("seq {} was already applied with other content", snap.seq),
+                ))
+            };
+        }
+        let plan = snap
+            .plan
+            .clone()
+            .or_else(|| prev.or(next).map(|p| p.plan.clone()))
+            .expect("an account has a point");
+        if prev.is_some_and(|p| p.as_of > snap.as_of) || next.is_some_and(|n| n.as_of < snap.as_of) {
+            return Err(reject(
+                "as_of_backwards",
+                "as_of runs backwards against the account's sequence",
+            ));
+        }
+        if plans.get(&plan).expect("decoder checked").accrual != self.style(plans) {
+            return Err(reject(
+                "plan_style_mismatch",
+                "a plan change may not switch the accrual style",
+            ));
+        }
+        Ok(Placement::New { plan })
     }
 
     /// Exact unpaid interest at second `t`, including carry and corrections.
@@ -524,6 +536,12 @@ impl Account {
         }
         out
     }
+}
+
+/// Where a snapshot lands: on an identical applied one, or as a new point with this plan.
+enum Placement {
+    Duplicate,
+    New { plan: String },
 }
 
 fn next_midnight(day: NaiveDate) -> DateTime<Utc> {
