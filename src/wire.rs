@@ -13,8 +13,9 @@ use crate::money::types::format_instant;
 use crate::money::{AccountId, AppliedRates, Currency, Minor, Payout, View};
 
 /// A payout as the API, the outbox event and `simulate` show it (SPEC §5).
+/// Reading a stored body back ignores fields it does not know, so a body
+/// written by a newer version never blocks a replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PayoutJson {
     pub payout_id: String,
     pub account_id: String,
@@ -36,7 +37,6 @@ pub struct PayoutJson {
 
 /// One schedule entry in force during the payout's period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RatesJson {
     pub plan: String,
     pub effective_from: String,
