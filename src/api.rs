@@ -24,14 +24,16 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, Semaphore};
 use uuid::Uuid;
 
+use crate::claims::{Answered, ClaimAnswer};
 use crate::config::{Clock, Settings};
 use crate::kafka::{self, ClaimMessage};
-use crate::money::types::{business_date, format_instant};
-use crate::money::{AccountId, IdempotencyKey, Plans};
+use crate::money::types::{business_date, format_instant, parse_instant};
+use crate::money::{AccountId, IdempotencyKey, Plans, Refusal};
 use crate::problem::problem;
-use crate::repo::{self, ClaimRecord, CLAIM_DONE_CHANNEL};
+use crate::repo::{self, CLAIM_DONE_CHANNEL};
 use crate::request;
 use crate::telemetry::Metrics;
+use crate::wire::{self, PayoutJson};
 
 /// Largest request body accepted on any route.
 pub use crate::request::REQUEST_BODY_BYTES_MAX;
@@ -45,7 +47,7 @@ pub struct ApiInner {
     pub plans: Arc<RwLock<Arc<Plans>>>,
     pub clock: Clock,
     pub metrics: Metrics,
-    pub waiters: Mutex<HashMap<Uuid, oneshot::Sender<ClaimRecord>>>,
+    pub waiters: Mutex<HashMap<Uuid, oneshot::Sender<Answered>>>,
     pub in_flight: Arc<Semaphore>,
     pub keys_in_flight: Mutex<HashSet<String>>,
     pub db_healthy: AtomicBool,
@@ -120,7 +122,7 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
 
 #[allow(clippy::result_large_err)] // a ready response, built once on the error path
 fn parse_account(raw: &str) -> Result<AccountId, Response> {
-    AccountId::try_from(raw).map_err(|e| problem_response("invalid_account_id", 400, e.detail))
+    AccountId::try_from(raw).map_err(|e| refuse("invalid_account_id", 400, e.detail))
 }
 
 /// A path segment as text; one that does not decode is answered with `code`.
@@ -153,7 +155,7 @@ async fn get_interest(State(state): State<ApiState>, raw: RawPath) -> Response {
             None => problem_response("unknown_account", 404, format!("no account {id}")),
             Some(acc) => {
                 let view = acc.view(&plans, now, state.settings.claims_per_day);
-                json_response(200, view.to_json(&acc.id, acc.currency), false)
+                json_response(200, wire::view(&view, acc.id(), acc.currency()), false)
             }
         },
     }
@@ -171,13 +173,26 @@ impl Drop for KeyGuard<'_> {
     }
 }
 
-/// Checks the body with the same pure function the fuzzer drives.
-async fn check_body(headers: &HeaderMap, body: Body) -> Result<(), Response> {
-    let bytes: Bytes = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)
-        .await
-        .map_err(|_| refuse("body_too_large", 413, format!("at most {REQUEST_BODY_BYTES_MAX} bytes")))?;
-    request::check_claim_body(headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()), &bytes)
-        .map_err(|r| refuse(r.code, r.status, r.detail))
+/// A body over the limit is not read whole; the parser is shown this
+/// stand-in, one byte over the limit, and refuses it for its size.
+static OVERSIZE_BODY: [u8; REQUEST_BODY_BYTES_MAX + 1] = [b' '; REQUEST_BODY_BYTES_MAX + 1];
+
+/// Checks the request with the same pure function the fuzzer drives
+/// (`request::parse_claim_request`): account id, key, body, in that order.
+async fn check_request(raw: &str, headers: &HeaderMap, body: Body) -> Result<request::ClaimRequest, Response> {
+    let read: Result<Bytes, _> = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX).await;
+    let bytes: &[u8] = match &read {
+        Ok(b) => b,
+        Err(_) => &OVERSIZE_BODY,
+    };
+    let header = |name| headers.get(name).map(|v: &HeaderValue| v.as_bytes());
+    request::parse_claim_request(
+        raw,
+        header("idempotency-key"),
+        header(header::CONTENT_TYPE.as_str()),
+        bytes,
+    )
+    .map_err(|r| refuse(r.code, r.status, r.detail))
 }
 
 async fn post_claim(State(state): State<ApiState>, raw: RawPath, headers: HeaderMap, body: Body) -> Response {
@@ -209,17 +224,10 @@ fn refuse(code: &'static str, status: u16, detail: impl Into<String>) -> Respons
 }
 
 async fn claim(state: &ApiInner, raw: &str, headers: &HeaderMap, body: Body) -> Response {
-    let account = match parse_account(raw) {
-        Ok(a) => a,
+    let request::ClaimRequest { account, key } = match check_request(raw, headers, body).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let key = match request::parse_idempotency_key(headers.get("idempotency-key").map(|v| v.as_bytes())) {
-        Ok(k) => k,
-        Err(r) => return refuse(r.code, r.status, r.detail),
-    };
-    if let Err(r) = check_body(headers, body).await {
-        return r;
-    }
     if !state.accepting.load(Ordering::Relaxed) || !state.db_healthy.load(Ordering::Relaxed) {
         return refuse("unavailable", 503, "not accepting claims right now");
     }
@@ -258,7 +266,7 @@ async fn wait_for_answer(
     account: &AccountId,
     key: &IdempotencyKey,
     accepted_at: DateTime<Utc>,
-    rx: oneshot::Receiver<ClaimRecord>,
+    rx: oneshot::Receiver<Answered>,
 ) -> Response {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(state.settings.claim_wait_ms);
     let msg = ClaimMessage::Claim {
@@ -281,23 +289,106 @@ async fn wait_for_answer(
         );
     }
     match tokio::time::timeout_at(deadline, rx).await {
-        Ok(Ok(record)) => answer(record),
+        Ok(Ok(done)) => answer(&done, account),
         _ => accepted(state, claim_id, account, key, accepted_at).await,
     }
 }
 
-fn answer(record: ClaimRecord) -> Response {
-    let status = record.status.unwrap_or(500) as u16;
-    let mut resp = json_response(status, record.body.unwrap_or(Value::Null), record.replayed);
-    if status >= 400 {
-        let code = match status {
-            404 => "unknown_account",
-            409 => "conflict",
-            _ => "unprocessable",
-        };
-        resp.extensions_mut().insert(Outcome(code));
+fn answer(done: &Answered, account: &AccountId) -> Response {
+    let status = claim_status(&done.answer);
+    let mut resp = json_response(status, claim_body(&done.answer, account.as_str()), done.replayed);
+    if let Some(label) = outcome_label(&done.answer) {
+        resp.extensions_mut().insert(Outcome(label));
     }
     resp
+}
+
+// ---- claim answers on the wire: the one place they become HTTP ------------------
+
+/// The HTTP status of a claim's answer (stored with it in `claims`).
+pub fn claim_status(a: &ClaimAnswer) -> u16 {
+    match a {
+        ClaimAnswer::Paid(_) => 201,
+        ClaimAnswer::UnknownAccount => 404,
+        ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { .. }) => 409,
+        ClaimAnswer::KeyReused | ClaimAnswer::Refused(Refusal::NothingToClaim) => 422,
+    }
+}
+
+/// The problem code of a refused claim; `None` when paid.
+pub fn claim_code(a: &ClaimAnswer) -> Option<&'static str> {
+    match a {
+        ClaimAnswer::Paid(_) => None,
+        ClaimAnswer::UnknownAccount => Some("unknown_account"),
+        ClaimAnswer::KeyReused => Some("idempotency_key_reused"),
+        ClaimAnswer::Refused(r) => Some(r.code()),
+    }
+}
+
+/// The `claims_total{outcome}` label of a refused claim.
+fn outcome_label(a: &ClaimAnswer) -> Option<&'static str> {
+    match a {
+        ClaimAnswer::Paid(_) => None,
+        ClaimAnswer::UnknownAccount => Some("unknown_account"),
+        ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { .. }) => Some("conflict"),
+        ClaimAnswer::KeyReused | ClaimAnswer::Refused(Refusal::NothingToClaim) => Some("unprocessable"),
+    }
+}
+
+/// The body of a claim's answer: the payout, or the problem.
+pub fn claim_body(a: &ClaimAnswer, account_id: &str) -> Value {
+    let status = claim_status(a);
+    match a {
+        ClaimAnswer::Paid(payout) => payout.to_value(),
+        ClaimAnswer::KeyReused => problem(
+            "idempotency_key_reused",
+            status,
+            "this Idempotency-Key was used for another account",
+        ),
+        ClaimAnswer::UnknownAccount => problem("unknown_account", status, format!("no account {account_id}")),
+        ClaimAnswer::Refused(r @ Refusal::AlreadyClaimedToday { next_claim_at }) => {
+            let mut body = problem(
+                r.code(),
+                status,
+                "this account already claimed today; the next claim opens at 00:00 KST",
+            );
+            body["next_claim_at"] = json!(format_instant(*next_claim_at));
+            body
+        }
+        ClaimAnswer::Refused(r @ Refusal::NothingToClaim) => {
+            problem(r.code(), status, "less than one unit of interest has accrued")
+        }
+    }
+}
+
+/// A stored answer (`claims.status`, `claims.body`) read back as the typed
+/// answer: the inverse of [`claim_status`] and [`claim_body`].
+pub fn claim_from_stored(status: i16, body: &Value) -> Option<ClaimAnswer> {
+    let code = body["code"].as_str();
+    Some(match (status, code) {
+        (201, _) => ClaimAnswer::Paid(Box::new(PayoutJson::from_value(body).ok()?)),
+        (404, Some("unknown_account")) => ClaimAnswer::UnknownAccount,
+        (422, Some("idempotency_key_reused")) => ClaimAnswer::KeyReused,
+        (422, Some("nothing_to_claim")) => ClaimAnswer::Refused(Refusal::NothingToClaim),
+        (409, Some("already_claimed_today")) => {
+            let next_claim_at = parse_instant(body["next_claim_at"].as_str()?).ok()?;
+            ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at })
+        }
+        _ => return None,
+    })
+}
+
+/// A finished claim row as the waiting request receives it.
+fn answered(r: &repo::ClaimRecord) -> Option<Answered> {
+    let answer = claim_from_stored(r.status?, r.body.as_ref()?);
+    if answer.is_none() {
+        tracing::error!(event = "stored_answer_unreadable", claim_id = %r.claim_id);
+    }
+    Some(Answered {
+        claim_id: r.claim_id,
+        replayed: r.replayed,
+        answer: answer?,
+    })
 }
 
 /// 202: durable, not finished. Last look first: the answer may have just landed.
@@ -309,8 +400,8 @@ async fn accepted(
     at: DateTime<Utc>,
 ) -> Response {
     if let Ok(mut found) = repo::load_claims(&state.pool, &[claim_id]).await {
-        if let Some(done) = found.pop().filter(|r| r.state == "done") {
-            return answer(done);
+        if let Some(done) = found.pop().filter(|r| r.state == "done").as_ref().and_then(answered) {
+            return answer(&done, account);
         }
     }
     let day = business_date(at);
@@ -377,35 +468,7 @@ pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::Can
                 // Connection lost: reconnect; waiters that miss their answer re-check before a 202.
                 Ok(None) | Err(_) => break,
             };
-            let answers: Vec<serde_json::Value> = serde_json::from_str(n.payload()).unwrap_or_default();
-            let mut missing = Vec::new();
-            {
-                let mut waiters = state.waiters.lock().expect("waiters");
-                for a in answers {
-                    let Some(id) = a["claim_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
-                        continue;
-                    };
-                    let Some(tx) = waiters.remove(&id) else { continue };
-                    match serde_json::from_value::<repo::Answer>(a) {
-                        Ok(answer) => {
-                            let _ = tx.send(ClaimRecord {
-                                claim_id: id,
-                                account_id: String::new(),
-                                state: "done".into(),
-                                accepted_at: chrono::DateTime::<Utc>::MIN_UTC,
-                                status: Some(answer.status),
-                                body: Some(answer.body),
-                                replayed: answer.replayed,
-                            });
-                        }
-                        // Too large to travel in the notification: read it.
-                        Err(_) => {
-                            waiters.insert(id, tx);
-                            missing.push(id);
-                        }
-                    }
-                }
-            }
+            let missing = hand_over(&state, n.payload());
             if !missing.is_empty() {
                 let state = state.clone();
                 tokio::spawn(async move { deliver(&state, &missing).await });
@@ -414,13 +477,37 @@ pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::Can
     }
 }
 
+/// Hands each answer of a notification to its waiting request; returns the
+/// waited-for claims whose answer was too large to travel (sent as a bare id).
+fn hand_over(state: &ApiInner, payload: &str) -> Vec<Uuid> {
+    let items: Vec<Value> = serde_json::from_str(payload).unwrap_or_default();
+    let mut missing = Vec::new();
+    let mut waiters = state.waiters.lock().expect("waiters");
+    for item in items {
+        let Some(id) = item["claim_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
+            continue;
+        };
+        let Some(tx) = waiters.remove(&id) else { continue };
+        match serde_json::from_value::<Answered>(item) {
+            Ok(done) => {
+                let _ = tx.send(done);
+            }
+            Err(_) => {
+                waiters.insert(id, tx);
+                missing.push(id);
+            }
+        }
+    }
+    missing
+}
+
 async fn deliver(state: &ApiInner, ids: &[Uuid]) {
     match repo::load_claims(&state.pool, ids).await {
         Ok(records) => {
             let mut waiters = state.waiters.lock().expect("waiters");
-            for r in records {
-                if let Some(tx) = waiters.remove(&r.claim_id) {
-                    let _ = tx.send(r);
+            for done in records.iter().filter_map(answered) {
+                if let Some(tx) = waiters.remove(&done.claim_id) {
+                    let _ = tx.send(done);
                 }
             }
         }

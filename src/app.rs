@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiInner, ApiState};
 use crate::config::{Clock, Settings};
+use crate::handoff::WorkerStatus;
 use crate::kafka;
 use crate::money::Plans;
 use crate::outbox::Relay;
 use crate::repo;
 use crate::telemetry::Metrics;
-use crate::worker::{Stream, Worker, WorkerStatus};
+use crate::worker::{Stream, Worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {

@@ -3,10 +3,12 @@
 
 pub mod api;
 pub mod app;
+pub mod claims;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod finance;
+pub mod handoff;
 pub mod kafka;
 pub mod money;
 pub mod outbox;
@@ -15,4 +17,5 @@ pub mod repo;
 pub mod request;
 pub mod simulate;
 pub mod telemetry;
+pub mod wire;
 pub mod worker;

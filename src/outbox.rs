@@ -17,10 +17,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::handoff::{OutboxItem, RelayWork, WorkerStatus};
 use crate::kafka;
 use crate::repo;
 use crate::telemetry::Metrics;
-use crate::worker::WorkerStatus;
 
 /// Rows published per sweep round.
 const SWEEP_BATCH_MAX: i64 = 5_000;
@@ -30,21 +30,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Batches the worker may hand over before it waits for the relay.
 pub const RELAY_QUEUE_MAX: usize = 64;
-
-/// One outbox row to publish.
-#[derive(Debug, Clone)]
-pub struct OutboxItem {
-    pub payout_id: Uuid,
-    pub key: String,
-    pub payload: String,
-}
-
-pub enum RelayWork {
-    /// Publish the leftovers of these partitions (newly owned) first.
-    Sweep(Vec<i32>),
-    /// A committed batch's payouts, in commit order.
-    Publish(Vec<OutboxItem>),
-}
 
 pub struct Relay {
     pub pool: PgPool,

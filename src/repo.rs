@@ -12,8 +12,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use crate::claims::{Answered, NewPoint};
 use crate::money::plan::{check_import, Plan, PlanJson};
-use crate::money::{Account, AccountId, Accrued, Currency, Minor, Plans, Point, TaxProfile};
+use crate::money::{Account, AccountId, Accrued, Currency, Minor, Plans, Point, StoredAccount, TaxProfile};
+use crate::wire::{self, PayoutJson};
 
 pub type Tx<'a> = Transaction<'a, Postgres>;
 
@@ -163,7 +165,7 @@ fn account_from_row(row: &sqlx::postgres::PgRow, points: Vec<Point>) -> anyhow::
     let currency: String = row.get("currency");
     let tax: String = row.get("tax_profile");
     let paid_through: DateTime<Utc> = row.get("paid_through");
-    Ok(Account {
+    let stored = StoredAccount {
         id: AccountId::try_from(id.as_str())?,
         currency: Currency::try_from(currency.as_str())?,
         tax_profile: TaxProfile::try_from(tax.as_str())?,
@@ -177,7 +179,8 @@ fn account_from_row(row: &sqlx::postgres::PgRow, points: Vec<Point>) -> anyhow::
         claims_on_day: row.get::<i32, _>("claims_on_day") as u32,
         last_claim_at: row.get("last_claim_at"),
         settled_through: row.get("settled_through"),
-    })
+    };
+    Ok(Account::restore(stored)?)
 }
 
 /// Loads (and, with `lock`, row-locks in id order, so concurrent batches
@@ -259,18 +262,18 @@ pub async fn store_accounts(tx: &mut Tx<'_>, accounts: &[&Account]) -> anyhow::R
         return Ok(());
     }
     let col = |f: &dyn Fn(&Account) -> String| accounts.iter().map(|a| f(a)).collect::<Vec<String>>();
-    let ids = col(&|a| a.id.to_string());
-    let currency = col(&|a| a.currency.code().to_owned());
-    let tax = col(&|a| a.tax_profile.as_str().to_owned());
-    let carry = col(&|a| units_text(a.carry));
-    let pending = col(&|a| units_text(a.pending_adjustment));
-    let last_seq: Vec<i64> = accounts.iter().map(|a| a.last_seq as i64).collect();
-    let paid_through: Vec<DateTime<Utc>> = accounts.iter().map(|a| secs_utc(a.paid_through)).collect();
-    let paid_any: Vec<bool> = accounts.iter().map(|a| a.paid_any).collect();
-    let claim_day: Vec<Option<NaiveDate>> = accounts.iter().map(|a| a.claim_day).collect();
-    let claims_on_day: Vec<i32> = accounts.iter().map(|a| a.claims_on_day as i32).collect();
-    let last_claim_at: Vec<Option<DateTime<Utc>>> = accounts.iter().map(|a| a.last_claim_at).collect();
-    let settled: Vec<Option<NaiveDate>> = accounts.iter().map(|a| a.settled_through).collect();
+    let ids = col(&|a| a.id().to_string());
+    let currency = col(&|a| a.currency().code().to_owned());
+    let tax = col(&|a| a.tax_profile().as_str().to_owned());
+    let carry = col(&|a| units_text(a.carry()));
+    let pending = col(&|a| units_text(a.pending_adjustment()));
+    let last_seq: Vec<i64> = accounts.iter().map(|a| a.last_seq() as i64).collect();
+    let paid_through: Vec<DateTime<Utc>> = accounts.iter().map(|a| secs_utc(a.paid_through())).collect();
+    let paid_any: Vec<bool> = accounts.iter().map(|a| a.paid_any()).collect();
+    let claim_day: Vec<Option<NaiveDate>> = accounts.iter().map(|a| a.claim_day()).collect();
+    let claims_on_day: Vec<i32> = accounts.iter().map(|a| a.claims_on_day() as i32).collect();
+    let last_claim_at: Vec<Option<DateTime<Utc>>> = accounts.iter().map(|a| a.last_claim_at()).collect();
+    let settled: Vec<Option<NaiveDate>> = accounts.iter().map(|a| a.settled_through()).collect();
     sqlx::query(
         "INSERT INTO accounts (account_id, currency, tax_profile, last_seq, paid_through, paid_any, carry_units,
                                pending_adjustment_units, claim_day, claims_on_day, last_claim_at, settled_through)
@@ -303,23 +306,19 @@ pub async fn store_accounts(tx: &mut Tx<'_>, accounts: &[&Account]) -> anyhow::R
     Ok(())
 }
 
-/// Inserts new timeline points: (account, point, currency).
-pub async fn insert_points(
-    tx: &mut Tx<'_>,
-    points: &[(String, Point, Currency)],
-    received_at: DateTime<Utc>,
-) -> anyhow::Result<()> {
+/// Inserts new timeline points.
+pub async fn insert_points(tx: &mut Tx<'_>, points: &[NewPoint], received_at: DateTime<Utc>) -> anyhow::Result<()> {
     if points.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = points.iter().map(|(id, _, _)| id.as_str()).collect();
-    let seqs: Vec<i64> = points.iter().map(|(_, p, _)| p.seq as i64).collect();
-    let as_of: Vec<DateTime<Utc>> = points.iter().map(|(_, p, _)| p.as_of).collect();
+    let ids: Vec<&str> = points.iter().map(|n| n.account_id.as_str()).collect();
+    let seqs: Vec<i64> = points.iter().map(|n| n.point.seq as i64).collect();
+    let as_of: Vec<DateTime<Utc>> = points.iter().map(|n| n.point.as_of).collect();
     let balance: Vec<String> = points
         .iter()
-        .map(|(_, p, c)| c.to_decimal(p.balance).to_string())
+        .map(|n| n.currency.to_decimal(n.point.balance).to_string())
         .collect();
-    let plan: Vec<&str> = points.iter().map(|(_, p, _)| p.plan.as_str()).collect();
+    let plan: Vec<&str> = points.iter().map(|n| n.point.plan.as_str()).collect();
     sqlx::query(
         "INSERT INTO balance_points (account_id, seq, as_of, balance, plan_id, received_at)
          SELECT id, seq, ts, bal::numeric, plan, $6
@@ -345,14 +344,14 @@ pub fn secs_utc(s: i64) -> DateTime<Utc> {
 
 /// The stored first answer for an idempotency key.
 #[derive(Debug, Clone)]
-pub struct KeyRecord {
+pub struct StoredKey {
     pub account_id: String,
     pub claim_id: Uuid,
     pub status: i16,
     pub body: serde_json::Value,
 }
 
-pub async fn load_keys(tx: &mut Tx<'_>, keys: &[String]) -> anyhow::Result<HashMap<String, KeyRecord>> {
+pub async fn load_keys(tx: &mut Tx<'_>, keys: &[String]) -> anyhow::Result<HashMap<String, StoredKey>> {
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
@@ -366,7 +365,7 @@ pub async fn load_keys(tx: &mut Tx<'_>, keys: &[String]) -> anyhow::Result<HashM
     .context("loading idempotency keys")?;
     rows.into_iter()
         .map(|r| {
-            let rec = KeyRecord {
+            let rec = StoredKey {
                 account_id: r.get("account_id"),
                 claim_id: r.get("claim_id"),
                 status: r.get("status"),
@@ -455,7 +454,7 @@ pub struct PayoutRow {
     pub account_id: String,
     pub partition: i32,
     pub payout: crate::money::Payout,
-    pub body: serde_json::Value,
+    pub body: PayoutJson,
 }
 
 pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Result<()> {
@@ -486,7 +485,7 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
     .bind(rows.iter().map(|r| r.payout.period_start).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payout.period_end).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payout.plan.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.payout.rates.to_string()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| wire::rates(&r.payout.rates).to_string()).collect::<Vec<_>>())
     .bind(amt(&|p| p.gross))
     .bind(amt(&|p| p.tax.income_tax))
     .bind(amt(&|p| p.tax.local_tax))
@@ -511,39 +510,24 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
     .bind(rows.iter().map(|r| r.payout_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.body.to_string()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.body.to_value().to_string()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await
     .context("writing the outbox")?;
     Ok(())
 }
 
-/// A claim's answer as sent to the API processes with NOTIFY.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Answer {
-    pub claim_id: Uuid,
-    pub status: i16,
-    pub replayed: bool,
-    pub body: serde_json::Value,
-}
-
 /// NOTIFY payloads are limited to 8000 bytes; answers are packed below this.
 const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_800;
 
-/// Wakes API processes waiting on these claims, answers included, so they
+/// Wakes API processes waiting on these claims, typed answers included, so they
 /// need no query of their own (delivered at commit). An answer too large for
 /// one payload is sent as its bare id; the API then reads it from `claims`.
-pub async fn notify_claims_done(tx: &mut Tx<'_>, results: &[ClaimResult]) -> anyhow::Result<()> {
+pub async fn notify_claims_done(tx: &mut Tx<'_>, answers: &[Answered]) -> anyhow::Result<()> {
     let mut payloads: Vec<String> = Vec::new();
     let mut current = String::from("[");
-    for r in results {
-        let answer = Answer {
-            claim_id: r.claim_id,
-            status: r.status,
-            replayed: r.replay_of.is_some(),
-            body: r.body.clone(),
-        };
-        let mut item = serde_json::to_string(&answer)?;
+    for r in answers {
+        let mut item = serde_json::to_string(r)?;
         if item.len() + 2 > NOTIFY_PAYLOAD_BYTES_MAX {
             item = serde_json::to_string(&serde_json::json!({ "claim_id": r.claim_id }))?;
         }

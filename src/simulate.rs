@@ -5,16 +5,18 @@
 //! Output: one JSON line per outcome. Amounts are JSON strings holding exact
 //! decimals. A malformed line stops the run with `line N: <reason>`.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 
 use chrono::{DateTime, Days, Utc};
 use serde_json::{json, Map, Value};
+use uuid::Uuid;
 
-use crate::money::accrual::point_at;
+use crate::api::{claim_code, claim_status};
+use crate::claims::{self, Claim, ClaimAnswer, Context, Effects, Input, Message, State};
 use crate::money::snapshot::decode_fields;
 use crate::money::types::{format_instant, kst_midnight_utc, parse_date, parse_instant};
-use crate::money::{Account, AccountId, IdempotencyKey, Minor, Plans, Point, SnapshotOutcome};
+use crate::money::{Account, AccountId, IdempotencyKey, PayoutKind, Plans, Refusal, SnapshotOutcome};
+use crate::wire;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -47,9 +49,8 @@ const CREDIT_SEQ_SPACING: u64 = 1 << 20;
 pub struct Simulator {
     plans: Plans,
     opts: Options,
-    accounts: BTreeMap<AccountId, Account>,
-    /// Idempotency key → (account, the first answer).
-    answers: HashMap<IdempotencyKey, (AccountId, Value)>,
+    /// The accounts and every idempotency key's first answer, across events.
+    state: State,
     now: DateTime<Utc>,
 }
 
@@ -58,14 +59,13 @@ impl Simulator {
         Self {
             plans,
             opts,
-            accounts: BTreeMap::new(),
-            answers: HashMap::new(),
+            state: State::default(),
             now: DateTime::<Utc>::MIN_UTC,
         }
     }
 
     pub fn account(&self, id: &AccountId) -> Option<&Account> {
-        self.accounts.get(id)
+        self.state.accounts.get(id.as_str())
     }
 
     /// Runs one event (1-based line `n`) and returns its outcome lines.
@@ -86,33 +86,52 @@ impl Simulator {
         self.now = self.now.max(t);
     }
 
-    fn snapshot(&mut self, n: usize, obj: &Map<String, Value>) -> Result<Value, String> {
-        let snap = match decode_fields(obj, &self.plans) {
-            Ok(s) => s,
-            Err(e) => return Ok(json!({"event": n, "snapshot": "rejected", "code": e.code, "detail": e.detail})),
+    /// Runs messages through the claim decision (the worker's code), then,
+    /// with `--credit-net`, credits each payout's net into the balance.
+    fn decide(&mut self, messages: Vec<Message>, payout_id: &mut dyn FnMut(&AccountId) -> String) -> Effects {
+        let inputs: Vec<Input> = messages
+            .into_iter()
+            .map(|message| Input { partition: 0, message })
+            .collect();
+        let cx = Context {
+            plans: &self.plans,
+            now: self.now,
+            claims_per_day: self.opts.claims_per_day,
         };
-        let mut snap = snap;
+        let fx = claims::decide(&mut self.state, &inputs, &cx, payout_id);
         if self.opts.credit_net {
-            snap.seq = snap
-                .seq
-                .checked_mul(CREDIT_SEQ_SPACING)
-                .ok_or("seq too large for --credit-net")?;
-        }
-        self.advance(snap.as_of);
-        let result = match self.accounts.get_mut(&snap.account_id) {
-            Some(acc) => acc.apply_snapshot(&snap, &self.plans, self.now),
-            None => {
-                self.accounts
-                    .insert(snap.account_id.clone(), Account::open(&snap, &self.plans));
-                Ok(SnapshotOutcome::Applied {
-                    late: false,
-                    adjustment: Default::default(),
-                })
+            for p in &fx.payouts {
+                let at = match p.payout.kind {
+                    PayoutKind::Claim => p.payout.accepted_at,
+                    PayoutKind::Auto => p.payout.period_end,
+                };
+                let acc = self.state.accounts.get_mut(p.account_id.as_str()).expect("paid");
+                acc.credit(at, p.payout.net);
             }
+        }
+        fx
+    }
+
+    fn snapshot(&mut self, n: usize, obj: &Map<String, Value>) -> Result<Value, String> {
+        let mut parsed = decode_fields(obj, &self.plans);
+        if let Ok(snap) = &mut parsed {
+            if self.opts.credit_net {
+                snap.seq = snap
+                    .seq
+                    .checked_mul(CREDIT_SEQ_SPACING)
+                    .ok_or("seq too large for --credit-net")?;
+            }
+            self.advance(snap.as_of);
+        }
+        let minor = parsed.as_ref().map(|s| s.currency.minor_digits()).unwrap_or_default();
+        let message = Message::Snapshot {
+            parsed,
+            raw: Vec::new(),
+            key: None,
         };
-        Ok(match result {
+        let mut fx = self.decide(vec![message], &mut |_| unreachable!("a snapshot pays nothing"));
+        Ok(match fx.snapshots.pop().expect("one snapshot") {
             Ok(outcome @ SnapshotOutcome::Applied { adjustment, .. }) => {
-                let minor = snap.currency.minor_digits();
                 json!({"event": n, "snapshot": outcome.label(), "adjustment": adjustment.to_display(minor).to_string()})
             }
             Ok(outcome) => json!({"event": n, "snapshot": outcome.label()}),
@@ -127,82 +146,71 @@ impl Simulator {
             IdempotencyKey::try_from(s).map_err(|e| e.detail)
         })?;
         self.advance(at);
-        if let Some((owner, answer)) = self.answers.get(&key) {
-            return Ok(if *owner == account_id {
-                let mut replay = answer.clone();
-                replay["event"] = json!(n);
-                replay["replayed"] = json!(true);
-                replay
-            } else {
-                json!({"event": n, "status": 422, "code": "idempotency_key_reused"})
-            });
-        }
-        let answer = match self.accounts.get_mut(&account_id) {
-            None => json!({"event": n, "status": 404, "code": "unknown_account"}),
-            Some(acc) => match acc.claim(&self.plans, at, self.opts.claims_per_day) {
-                Ok(payout) => {
-                    let body = payout.to_json(&format!("sim-{n}"), &account_id);
-                    if self.opts.credit_net {
-                        credit(acc, at, payout.net);
-                    }
-                    json!({"event": n, "status": 201, "payout": body})
-                }
-                Err(refusal) => {
-                    let mut v = json!({"event": n, "status": refusal.status(), "code": refusal.code()});
-                    if let crate::money::Refusal::AlreadyClaimedToday { next_claim_at } = refusal {
-                        v["next_claim_at"] = json!(format_instant(next_claim_at));
-                    }
-                    v
-                }
-            },
+        let claim = Claim {
+            claim_id: Uuid::from_u128(n as u128),
+            account_id,
+            key,
+            accepted_at: at,
         };
-        self.answers.insert(key, (account_id, answer.clone()));
-        Ok(answer)
+        let mut fx = self.decide(vec![Message::Claim(claim)], &mut |_| format!("sim-{n}"));
+        let decision = fx.claims.pop().expect("one claim");
+        let mut line = answer_line(n, &decision.answer);
+        if decision.replay_of.is_some() {
+            line["replayed"] = json!(true);
+        }
+        Ok(line)
     }
 
     fn settle(&mut self, n: usize, obj: &Map<String, Value>) -> Result<Vec<Value>, String> {
         let date = parse_field(obj, "date", |s| parse_date(s).map_err(|e| e.detail))?;
         let through = kst_midnight_utc(date.checked_add_days(Days::new(1)).ok_or("date out of range")?);
         self.advance(through);
-        let mut out = Vec::new();
-        for (id, acc) in self.accounts.iter_mut() {
-            if let Some(payout) = acc.settle(&self.plans, date, self.now) {
-                out.push(json!({"event": n, "status": 201, "payout": payout.to_json(&format!("sim-{n}-{id}"), id)}));
-                if self.opts.credit_net {
-                    credit(acc, payout.period_end, payout.net);
-                }
-            }
-        }
-        Ok(out)
+        let mut ids: Vec<String> = self.state.accounts.keys().cloned().collect();
+        ids.sort();
+        let run_at = self.now;
+        let messages = ids
+            .into_iter()
+            .map(|account_id| Message::Settle {
+                account_id,
+                date,
+                run_at,
+            })
+            .collect();
+        let fx = self.decide(messages, &mut |id| format!("sim-{n}-{id}"));
+        // A settlement is shown as a paid claim is.
+        Ok(fx
+            .payouts
+            .into_iter()
+            .map(|p| answer_line(n, &ClaimAnswer::Paid(Box::new(p.body))))
+            .collect())
     }
 
     fn query(&mut self, n: usize, obj: &Map<String, Value>) -> Result<Value, String> {
         let account_id = parse_field(obj, "account_id", |s| AccountId::try_from(s).map_err(|e| e.detail))?;
         let at = parse_field(obj, "at", |s| parse_instant(s).map_err(|e| e.detail))?;
         self.advance(at);
-        Ok(match self.accounts.get(&account_id) {
-            None => json!({"event": n, "status": 404, "code": "unknown_account"}),
+        Ok(match self.state.accounts.get(account_id.as_str()) {
+            None => {
+                json!({"event": n, "status": claim_status(&ClaimAnswer::UnknownAccount), "code": "unknown_account"})
+            }
             Some(acc) => {
                 let view = acc.view(&self.plans, at, self.opts.claims_per_day);
-                json!({"event": n, "view": view.to_json(&account_id, acc.currency)})
+                json!({"event": n, "view": wire::view(&view, &account_id, acc.currency())})
             }
         })
     }
 }
 
-/// Core banking credits the net amount: the balance in force at `at` grows by `net`.
-fn credit(acc: &mut Account, at: DateTime<Utc>, net: Minor) {
-    let current = point_at(&acc.points, at.timestamp())
-        .expect("a paid account has a point")
-        .clone();
-    let as_of = at.max(acc.points.last().expect("point").as_of);
-    acc.last_seq += 1;
-    acc.points.push(Point {
-        seq: acc.last_seq,
-        as_of,
-        balance: Minor(current.balance.0 + net.0),
-        plan: current.plan,
-    });
+/// A claim's answer as one output line: the status, and the payout or the code.
+fn answer_line(n: usize, answer: &ClaimAnswer) -> Value {
+    let status = claim_status(answer);
+    match answer {
+        ClaimAnswer::Paid(payout) => json!({"event": n, "status": status, "payout": payout.to_value()}),
+        ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at }) => {
+            json!({"event": n, "status": status, "code": claim_code(answer), "next_claim_at": format_instant(*next_claim_at)})
+        }
+        _ => json!({"event": n, "status": status, "code": claim_code(answer)}),
+    }
 }
 
 fn parse_field<T>(

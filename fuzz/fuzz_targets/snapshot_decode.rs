@@ -76,7 +76,7 @@ fn check_accepted(data: &[u8], s: &Snapshot, plans: &Plans) {
         let view = account.view(plans, at, 1);
         assert_eq!(view.balance, s.balance);
         assert!(view.claimable.0 >= 0);
-        let shown = view.to_json(&s.account_id, s.currency);
+        let shown = interest_now::wire::view(&view, &s.account_id, s.currency);
         assert_eq!(
             shown["balance"],
             Value::from(s.currency.to_decimal(s.balance).to_string())

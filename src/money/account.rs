@@ -2,15 +2,13 @@
 //! a snapshot, a claim, a settlement. Pure: callers load and store the state.
 
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
-use serde_json::json;
 
 use super::accrual::{accrue, point_at, rate_per_second, Accrued, Point};
-use super::plan::{AccrualStyle, FractionRule, Plans};
+use super::plan::{AccrualStyle, FractionRule, Plans, ScheduleJson};
 use super::snapshot::Snapshot;
 use super::tax::{withhold, Withholding};
 use super::types::{
-    business_date, format_instant, kst_midnight, kst_midnight_utc, AccountId, Currency, EpochSecs, Minor, ParseError,
-    TaxProfile,
+    business_date, kst_midnight, kst_midnight_utc, AccountId, Currency, EpochSecs, Minor, ParseError, TaxProfile,
 };
 
 /// Default correction window: older corrections go to the DLQ.
@@ -18,26 +16,26 @@ pub const CORRECTION_WINDOW_SECS: i64 = 7 * 86_400;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
-    pub id: AccountId,
-    pub currency: Currency,
-    pub tax_profile: TaxProfile,
+    id: AccountId,
+    currency: Currency,
+    tax_profile: TaxProfile,
     /// Sorted by seq; `as_of` never decreases with seq. May be a window of the
     /// full history: it covers everything from `paid_through` on, and the
     /// correction window.
-    pub points: Vec<Point>,
+    points: Vec<Point>,
     /// The highest seq ever applied.
-    pub last_seq: u64,
+    last_seq: u64,
     /// Interest before this second is paid (or, before any payout, does not exist).
-    pub paid_through: EpochSecs,
-    pub paid_any: bool,
+    paid_through: EpochSecs,
+    paid_any: bool,
     /// Sub-unit remainder carried from the last payout (`carry` plans).
-    pub carry: Accrued,
+    carry: Accrued,
     /// Corrections of already-paid interest waiting for the next payout.
-    pub pending_adjustment: Accrued,
-    pub claim_day: Option<NaiveDate>,
-    pub claims_on_day: u32,
-    pub last_claim_at: Option<DateTime<Utc>>,
-    pub settled_through: Option<NaiveDate>,
+    pending_adjustment: Accrued,
+    claim_day: Option<NaiveDate>,
+    claims_on_day: u32,
+    last_claim_at: Option<DateTime<Utc>>,
+    settled_through: Option<NaiveDate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +90,7 @@ pub struct Payout {
     pub currency: Currency,
     pub plan: String,
     /// The schedule entries applied during the period, per plan.
-    pub rates: serde_json::Value,
+    pub rates: Vec<AppliedRates>,
     pub accepted_at: DateTime<Utc>,
     /// Exact decomposition: `gross + carried_out + dropped = accrued + carried_in`.
     pub accrued: Accrued,
@@ -101,35 +99,17 @@ pub struct Payout {
     pub dropped: Accrued,
 }
 
-impl Payout {
-    /// The payout as the API, the outbox and `simulate` show it (SPEC §5).
-    /// Amounts are decimal strings.
-    pub fn to_json(&self, payout_id: &str, account_id: &AccountId) -> serde_json::Value {
-        let c = self.currency;
-        let amt = |m: Minor| c.to_decimal(m).to_string();
-        json!({
-            "payout_id": payout_id,
-            "account_id": account_id,
-            "kind": self.kind.as_str(),
-            "business_date": self.business_date.to_string(),
-            "period_start": format_instant(self.period_start),
-            "period_end": format_instant(self.period_end),
-            "gross": amt(self.gross),
-            "income_tax": amt(self.tax.income_tax),
-            "local_tax": amt(self.tax.local_tax),
-            "rural_tax": amt(self.tax.rural_tax),
-            "adjustment": amt(self.adjustment),
-            "net": amt(self.net),
-            "currency": c.code(),
-            "plan": self.plan,
-            "rates": self.rates,
-            "accepted_at": format_instant(self.accepted_at),
-        })
-    }
+/// One schedule entry of a plan in force during a payout's period (in the
+/// plan file's form: decimal strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedRates {
+    pub plan: String,
+    pub entry: ScheduleJson,
 }
 
 /// Why a claim was not paid.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Refusal {
     AlreadyClaimedToday { next_claim_at: DateTime<Utc> },
     NothingToClaim,
@@ -140,13 +120,6 @@ impl Refusal {
         match self {
             Refusal::AlreadyClaimedToday { .. } => "already_claimed_today",
             Refusal::NothingToClaim => "nothing_to_claim",
-        }
-    }
-
-    pub fn status(&self) -> u16 {
-        match self {
-            Refusal::AlreadyClaimedToday { .. } => 409,
-            Refusal::NothingToClaim => 422,
         }
     }
 }
@@ -163,28 +136,127 @@ pub struct View {
     pub next_claim_at: DateTime<Utc>,
 }
 
-impl View {
-    pub fn to_json(&self, account_id: &AccountId, currency: Currency) -> serde_json::Value {
-        json!({
-            "account_id": account_id,
-            "balance": currency.to_decimal(self.balance).to_string(),
-            "accrued": self.accrued.to_display(currency.minor_digits()).to_string(),
-            "claimable": currency.to_decimal(self.claimable).to_string(),
-            "rate_per_second": self.rate_per_second.to_string(),
-            "currency": currency.code(),
-            "as_of": format_instant(self.as_of),
-            "last_claim_at": self.last_claim_at.map(format_instant),
-            "next_claim_at": format_instant(self.next_claim_at),
-        })
-    }
-}
-
 fn reject(code: &'static str, detail: impl Into<String>) -> ParseError {
     ParseError::new(code, detail)
 }
 
 fn utc(s: EpochSecs) -> DateTime<Utc> {
     Utc.timestamp_opt(s, 0).single().expect("in range")
+}
+
+/// An account's stored state, as the store reads it back: the input of
+/// [`Account::restore`], which checks what the engine relies on.
+#[derive(Debug, Clone)]
+pub struct StoredAccount {
+    pub id: AccountId,
+    pub currency: Currency,
+    pub tax_profile: TaxProfile,
+    pub points: Vec<Point>,
+    pub last_seq: u64,
+    pub paid_through: EpochSecs,
+    pub paid_any: bool,
+    pub carry: Accrued,
+    pub pending_adjustment: Accrued,
+    pub claim_day: Option<NaiveDate>,
+    pub claims_on_day: u32,
+    pub last_claim_at: Option<DateTime<Utc>>,
+    pub settled_through: Option<NaiveDate>,
+}
+
+impl Account {
+    /// An account read back from the store. Refuses a state the engine could
+    /// not have produced: no point, points out of seq or `as_of` order, a seq
+    /// above `last_seq`.
+    pub fn restore(s: StoredAccount) -> Result<Account, ParseError> {
+        let ordered = s
+            .points
+            .windows(2)
+            .all(|w| w[0].seq < w[1].seq && w[0].as_of <= w[1].as_of);
+        let within = s.points.last().is_some_and(|p| p.seq <= s.last_seq);
+        if !ordered || !within {
+            return Err(reject(
+                "invalid_account_state",
+                format!("account {}: points empty or out of order", s.id),
+            ));
+        }
+        Ok(Account {
+            id: s.id,
+            currency: s.currency,
+            tax_profile: s.tax_profile,
+            points: s.points,
+            last_seq: s.last_seq,
+            paid_through: s.paid_through,
+            paid_any: s.paid_any,
+            carry: s.carry,
+            pending_adjustment: s.pending_adjustment,
+            claim_day: s.claim_day,
+            claims_on_day: s.claims_on_day,
+            last_claim_at: s.last_claim_at,
+            settled_through: s.settled_through,
+        })
+    }
+
+    pub fn id(&self) -> &AccountId {
+        &self.id
+    }
+    pub fn currency(&self) -> Currency {
+        self.currency
+    }
+    pub fn tax_profile(&self) -> TaxProfile {
+        self.tax_profile
+    }
+    /// Sorted by seq; a window of the history (see the field).
+    pub fn points(&self) -> &[Point] {
+        &self.points
+    }
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+    pub fn paid_through(&self) -> EpochSecs {
+        self.paid_through
+    }
+    pub fn paid_any(&self) -> bool {
+        self.paid_any
+    }
+    pub fn carry(&self) -> Accrued {
+        self.carry
+    }
+    pub fn pending_adjustment(&self) -> Accrued {
+        self.pending_adjustment
+    }
+    pub fn claim_day(&self) -> Option<NaiveDate> {
+        self.claim_day
+    }
+    pub fn claims_on_day(&self) -> u32 {
+        self.claims_on_day
+    }
+    pub fn last_claim_at(&self) -> Option<DateTime<Utc>> {
+        self.last_claim_at
+    }
+    pub fn settled_through(&self) -> Option<NaiveDate> {
+        self.settled_through
+    }
+
+    /// The point with this seq, if it is in the loaded window.
+    pub fn point(&self, seq: u64) -> Option<&Point> {
+        self.points.iter().find(|p| p.seq == seq)
+    }
+
+    /// Core banking credits `amount` (simulation only): the balance in force
+    /// at `at` grows by it, as a new point after every known one.
+    pub fn credit(&mut self, at: DateTime<Utc>, amount: Minor) {
+        let current = point_at(&self.points, at.timestamp())
+            .expect("a paid account has a point")
+            .clone();
+        let as_of = at.max(self.points.last().expect("point").as_of);
+        self.last_seq += 1;
+        self.points.push(Point {
+            seq: self.last_seq,
+            as_of,
+            balance: Minor(current.balance.0 + amount.0),
+            plan: current.plan,
+        });
+    }
 }
 
 impl Account {
@@ -233,45 +305,12 @@ impl Account {
         plans: &Plans,
         now: DateTime<Utc>,
     ) -> Result<SnapshotOutcome, ParseError> {
-        debug_assert_eq!(snap.account_id, self.id);
-        if snap.currency != self.currency {
-            return Err(reject(
-                "currency_mismatch",
-                format!("account is in {}", self.currency.code()),
-            ));
-        }
         let idx = self.points.partition_point(|p| p.seq < snap.seq);
-        let prev = idx.checked_sub(1).map(|i| &self.points[i]);
+        let plan = match self.placement(snap, plans, idx)? {
+            Placement::Duplicate => return Ok(SnapshotOutcome::Duplicate),
+            Placement::New { plan } => plan,
+        };
         let next = self.points.get(idx).filter(|p| p.seq > snap.seq);
-        if let Some(same) = self.points.get(idx).filter(|p| p.seq == snap.seq) {
-            let same_plan = snap.plan.as_ref().is_none_or(|p| *p == same.plan);
-            let identical = same.as_of == snap.as_of && same.balance == snap.balance && same_plan;
-            return if identical {
-                Ok(SnapshotOutcome::Duplicate)
-            } else {
-                Err(reject(
-                    "seq_conflict",
-                    format!("seq {} was already applied with other content", snap.seq),
-                ))
-            };
-        }
-        let plan = snap
-            .plan
-            .clone()
-            .or_else(|| prev.or(next).map(|p| p.plan.clone()))
-            .expect("an account has a point");
-        if prev.is_some_and(|p| p.as_of > snap.as_of) || next.is_some_and(|n| n.as_of < snap.as_of) {
-            return Err(reject(
-                "as_of_backwards",
-                "as_of runs backwards against the account's sequence",
-            ));
-        }
-        if plans.get(&plan).expect("decoder checked").accrual != self.style(plans) {
-            return Err(reject(
-                "plan_style_mismatch",
-                "a plan change may not switch the accrual style",
-            ));
-        }
         let late = snap.seq < self.last_seq;
         let at = snap.as_of.timestamp();
         let touches_paid = self.paid_any && at < self.paid_through;
@@ -309,6 +348,51 @@ impl Account {
             }
         }
         Ok(SnapshotOutcome::Applied { late, adjustment })
+    }
+
+    /// Where a snapshot goes in the timeline, and with which plan: refuses a
+    /// currency change, a seq applied with other content, an `as_of` out of
+    /// seq order and a switch of accrual style.
+    fn placement(&self, snap: &Snapshot, plans: &Plans, idx: usize) -> Result<Placement, ParseError> {
+        debug_assert_eq!(snap.account_id, self.id);
+        if snap.currency != self.currency {
+            return Err(reject(
+                "currency_mismatch",
+                format!("account is in {}", self.currency.code()),
+            ));
+        }
+        let prev = idx.checked_sub(1).map(|i| &self.points[i]);
+        let next = self.points.get(idx).filter(|p| p.seq > snap.seq);
+        if let Some(same) = self.points.get(idx).filter(|p| p.seq == snap.seq) {
+            let same_plan = snap.plan.as_ref().is_none_or(|p| *p == same.plan);
+            let identical = same.as_of == snap.as_of && same.balance == snap.balance && same_plan;
+            return if identical {
+                Ok(Placement::Duplicate)
+            } else {
+                Err(reject(
+                    "seq_conflict",
+                    format!("seq {} was already applied with other content", snap.seq),
+                ))
+            };
+        }
+        let plan = snap
+            .plan
+            .clone()
+            .or_else(|| prev.or(next).map(|p| p.plan.clone()))
+            .expect("an account has a point");
+        if prev.is_some_and(|p| p.as_of > snap.as_of) || next.is_some_and(|n| n.as_of < snap.as_of) {
+            return Err(reject(
+                "as_of_backwards",
+                "as_of runs backwards against the account's sequence",
+            ));
+        }
+        if plans.get(&plan).expect("decoder checked").accrual != self.style(plans) {
+            return Err(reject(
+                "plan_style_mismatch",
+                "a plan change may not switch the accrual style",
+            ));
+        }
+        Ok(Placement::New { plan })
     }
 
     /// Exact unpaid interest at second `t`, including carry and corrections.
@@ -432,7 +516,7 @@ impl Account {
     }
 
     /// The per-tier rates in force during `[start, end)`, per plan used.
-    fn rates_applied(&self, plans: &Plans, start: EpochSecs, end: EpochSecs) -> serde_json::Value {
+    fn rates_applied(&self, plans: &Plans, start: EpochSecs, end: EpochSecs) -> Vec<AppliedRates> {
         let mut out = Vec::new();
         let mut seen = Vec::new();
         for (i, p) in self.points.iter().enumerate() {
@@ -444,20 +528,20 @@ impl Account {
             seen.push(p.plan.clone());
             let plan = plans.get(&p.plan).expect("validated");
             for e in plan.entries_in(start, end) {
-                let j = e.to_json(plan.currency);
-                out.push(json!({"plan": plan.id, "effective_from": j.effective_from, "tiers": j.tiers}));
+                out.push(AppliedRates {
+                    plan: plan.id.clone(),
+                    entry: e.to_json(plan.currency),
+                });
             }
         }
-        serde_json::Value::Array(out)
+        out
     }
+}
 
-    /// Drops points no longer needed: those superseded before both
-    /// `paid_through` and `keep_from` (the start of the correction window).
-    pub fn prune(&mut self, keep_from: EpochSecs) {
-        let cut = keep_from.min(self.paid_through);
-        let first_needed = self.points.partition_point(|p| p.at() <= cut).saturating_sub(1);
-        self.points.drain(..first_needed);
-    }
+/// Where a snapshot lands: on an identical applied one, or as a new point with this plan.
+enum Placement {
+    Duplicate,
+    New { plan: String },
 }
 
 fn next_midnight(day: NaiveDate) -> DateTime<Utc> {

@@ -15,7 +15,7 @@ pub mod snapshot;
 pub mod tax;
 pub mod types;
 
-pub use account::{Account, Payout, PayoutKind, Refusal, SnapshotOutcome, View};
+pub use account::{Account, AppliedRates, Payout, PayoutKind, Refusal, SnapshotOutcome, StoredAccount, View};
 pub use accrual::{Accrued, Point, ACCRUAL_DENOMINATOR};
 pub use plan::{Plan, PlanFile, Plans};
 pub use snapshot::{decode_snapshot, Snapshot};

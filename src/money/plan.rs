@@ -232,14 +232,14 @@ pub struct PlanJson {
     pub schedule: Vec<ScheduleJson>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleJson {
     pub effective_from: String,
     pub tiers: Vec<TierJson>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TierJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -316,6 +316,13 @@ async fn bad_requests_get_their_problem() {
     );
     // Nothing above was a payable claim.
     assert_eq!(env.payout_count().await, 0);
+    // A malformed account id is counted as what it is, not as an error.
+    let metrics_url = format!("http://{}/metrics", svc.admin);
+    let m = svc.client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    assert!(
+        m.contains(r#"interest_claims_total{outcome="invalid_account_id"}"#),
+        "{m}"
+    );
     drop(svc);
     env.drop_db().await;
 }

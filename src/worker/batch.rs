@@ -1,0 +1,450 @@
+//! One batch, as a pipeline of named steps: own (fence) → seek → decode →
+//! load → decide → write (notify at commit) → after commit: Kafka commit,
+//! metrics, relay. Everything but `decide` is I/O; `decide` is
+//! [`crate::claims::decide`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use uuid::Uuid;
+
+use super::{BatchError, Owned, Worker, WorkerContext};
+use crate::api;
+use crate::claims::{self, Answered, Claim, ClaimDecision, Context, DeadLetter, Effects, Input, KeyRecord, State};
+use crate::handoff::{OutboxItem, RelayWork};
+use crate::kafka::{self, ClaimMessage};
+use crate::money::account::CORRECTION_WINDOW_SECS;
+use crate::money::types::business_date;
+use crate::money::{decode_snapshot, Account, AccountId, IdempotencyKey, Plans};
+use crate::repo::{self, ClaimResult, OffsetCommit, PayoutRow, Tx};
+
+pub(super) type Owners = HashMap<(String, i32), Owned>;
+type Tp = (String, i32);
+type Gap = (String, i32, i64);
+
+fn tp(m: &OwnedMessage) -> Tp {
+    (m.topic().to_owned(), m.partition())
+}
+
+impl Worker {
+    pub(super) async fn apply_batch(
+        &self,
+        consumer: &StreamConsumer<WorkerContext>,
+        owned: &mut Owners,
+        batch: &[OwnedMessage],
+        owner: &str,
+    ) -> Result<(), BatchError> {
+        self.own(owned, batch, owner).await?;
+        let gaps = seek_gaps(consumer, owned, batch)?;
+        let fresh = fresh(owned, batch, &gaps);
+        let plans = self.plans_for(&fresh).await;
+        let inputs: Vec<Input> = fresh.iter().filter_map(|m| self.decode(m, &plans)).collect();
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await.map_err(anyhow::Error::from)?;
+        let mut state = load(&mut tx, &inputs, now).await?;
+        let cx = Context {
+            plans: &plans,
+            now,
+            claims_per_day: self.settings.claims_per_day,
+        };
+        let fx = claims::decide(&mut state, &inputs, &cx, &mut |_| Uuid::now_v7().to_string());
+        self.send_to_dlq(&fx.dead_letters).await?;
+        let next = next_offsets(&fresh);
+        let rows = Rows::of(&fx);
+        if let Err(e) = write(&mut tx, &state, &fx, &rows, now, &commits(&next, owned)).await {
+            if let BatchError::Fenced(_) = e {
+                tx.rollback().await.map_err(anyhow::Error::from)?;
+            }
+            return Err(e);
+        }
+        tx.commit().await.map_err(anyhow::Error::from)?;
+        self.after_commit(consumer, owned, next, &fx, &rows, fresh.len()).await;
+        Ok(())
+    }
+
+    /// Owns every partition of the batch not owned yet: bumps its epoch
+    /// (fencing out the previous owner); a claims partition's leftovers go
+    /// to the relay first.
+    async fn own(&self, owned: &mut Owners, batch: &[OwnedMessage], owner: &str) -> anyhow::Result<()> {
+        let claims_topic = self.settings.topic(kafka::CLAIMS);
+        for m in batch {
+            if let std::collections::hash_map::Entry::Vacant(slot) = owned.entry(tp(m)) {
+                let (topic, partition) = slot.key().clone();
+                let (next, epoch) = repo::own_partition(&self.pool, &topic, partition, owner).await?;
+                if topic == claims_topic {
+                    // A crashed owner's committed but unpublished payouts go out first.
+                    let _ = self.relay.send(RelayWork::Sweep(vec![partition])).await;
+                }
+                slot.insert(Owned {
+                    epoch,
+                    next,
+                    sought: false,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The current plans; reloaded first if a snapshot names a plan we do not know yet.
+    async fn plans_for(&self, msgs: &[&OwnedMessage]) -> Arc<Plans> {
+        let plans = self.plans.read().expect("plans").clone();
+        let unknown = msgs.iter().any(|m| {
+            matches!(decode_snapshot(m.payload().unwrap_or_default(), &plans), Err(e) if e.code == "unknown_plan")
+                && m.topic() == self.settings.topic(kafka::SNAPSHOTS)
+        });
+        if unknown {
+            if let Ok(fresh) = repo::load_plans(&self.pool, self.settings.default_plan.as_deref()).await {
+                let fresh = Arc::new(fresh);
+                *self.plans.write().expect("plans") = fresh.clone();
+                return fresh;
+            }
+        }
+        plans
+    }
+
+    /// A message as the decision takes it. A claims-topic message this code
+    /// never produces (unreadable, or with invalid ids) is logged and skipped.
+    fn decode(&self, m: &OwnedMessage, plans: &Plans) -> Option<Input> {
+        let payload = m.payload().unwrap_or_default();
+        let message = if m.topic() == self.settings.topic(kafka::SNAPSHOTS) {
+            claims::Message::Snapshot {
+                raw: payload.to_vec(),
+                key: m.key().map(<[u8]>::to_vec),
+                parsed: decode_snapshot(payload, plans),
+            }
+        } else {
+            match serde_json::from_slice::<ClaimMessage>(payload) {
+                Ok(c) => claim_message(c)?,
+                Err(e) => {
+                    tracing::error!(event = "unreadable_claim_message", error = e.to_string());
+                    return None;
+                }
+            }
+        };
+        Some(Input {
+            partition: m.partition(),
+            message,
+        })
+    }
+
+    /// Dead letters are acknowledged by the broker before the offsets commit:
+    /// a reject is never lost (it may be sent twice after a crash).
+    async fn send_to_dlq(&self, dlq: &[DeadLetter]) -> anyhow::Result<()> {
+        let topic = self.settings.topic(kafka::SNAPSHOTS_DLQ);
+        let sends = dlq.iter().map(|d| {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "error",
+                    value: Some(d.code),
+                })
+                .insert(Header {
+                    key: "detail",
+                    value: Some(d.detail.as_str()),
+                });
+            let key = String::from_utf8_lossy(d.key.as_deref().unwrap_or_default()).into_owned();
+            let topic = topic.clone();
+            async move { self.producer.send(&topic, &key, &d.raw, Some(headers)).await }
+        });
+        for r in futures::future::join_all(sends).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Durable: advance in memory, tell Kafka (for lag tooling), count, wake the relay.
+    async fn after_commit(
+        &self,
+        consumer: &StreamConsumer<WorkerContext>,
+        owned: &mut Owners,
+        next: HashMap<Tp, i64>,
+        fx: &Effects,
+        rows: &Rows,
+        applied: usize,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, n) in next {
+            owned.get_mut(&tp).expect("owned").next = n;
+            let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(n));
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(event = "kafka_commit_failed", error = %e);
+        }
+        self.record(fx, rows, applied);
+        if !rows.payouts.is_empty() {
+            let items = rows
+                .payouts
+                .iter()
+                .map(|p| OutboxItem {
+                    payout_id: p.payout_id,
+                    key: p.account_id.clone(),
+                    payload: p.body.to_value().to_string(),
+                })
+                .collect();
+            // Waits when the relay is behind: bounded, and order is kept.
+            let _ = self.relay.send(RelayWork::Publish(items)).await;
+        }
+    }
+
+    fn record(&self, fx: &Effects, rows: &Rows, applied: usize) {
+        let m = &self.metrics;
+        m.worker_batch_size
+            .with_label_values(&["worker"])
+            .observe(applied as f64);
+        let mut snapshot_counts: HashMap<&'static str, u64> = HashMap::new();
+        for s in &fx.snapshots {
+            *snapshot_counts
+                .entry(s.as_ref().map_or("rejected", |o| o.label()))
+                .or_default() += 1;
+        }
+        for (label, n) in &snapshot_counts {
+            m.snapshots_total.with_label_values(&[label]).inc_by(*n);
+        }
+        for p in &fx.payouts {
+            m.payouts_total.with_label_values(&[p.payout.kind.as_str()]).inc();
+        }
+        for r in rows.claims.iter().filter(|r| r.replay_of.is_some()) {
+            m.idempotent_replays_total
+                .with_label_values(&[&r.status.to_string()])
+                .inc();
+        }
+        for d in &fx.dead_letters {
+            tracing::warn!(event = "snapshot_rejected", code = d.code, detail = d.detail.as_str());
+        }
+    }
+}
+
+/// A claims-topic message with its ids parsed; `None` (logged) if they are invalid.
+fn claim_message(c: ClaimMessage) -> Option<claims::Message> {
+    match c {
+        ClaimMessage::Claim {
+            claim_id,
+            account_id,
+            idempotency_key,
+            accepted_at,
+        } => match (
+            AccountId::try_from(account_id.as_str()),
+            IdempotencyKey::try_from(idempotency_key.as_str()),
+        ) {
+            (Ok(account_id), Ok(key)) => Some(claims::Message::Claim(Claim {
+                claim_id,
+                account_id,
+                key,
+                accepted_at,
+            })),
+            _ => {
+                tracing::error!(event = "invalid_claim_message", claim_id = %claim_id);
+                None
+            }
+        },
+        ClaimMessage::Settle {
+            account_id,
+            date,
+            run_at,
+        } => Some(claims::Message::Settle {
+            account_id,
+            date,
+            run_at,
+        }),
+    }
+}
+
+/// PostgreSQL's offset is the truth. Kafka's committed offset trails it (it is
+/// committed after the database), so messages below it are skipped; one
+/// ahead of it (a reset or lost group offset) means a gap: seek back, once.
+fn seek_gaps(
+    consumer: &StreamConsumer<WorkerContext>,
+    owned: &mut Owners,
+    batch: &[OwnedMessage],
+) -> anyhow::Result<Vec<Gap>> {
+    let mut gaps: Vec<Gap> = Vec::new();
+    for ((topic, partition), o) in owned.iter_mut() {
+        let first = batch
+            .iter()
+            .filter(|m| m.topic() == topic && m.partition() == *partition)
+            .map(|m| m.offset())
+            .min();
+        match first {
+            Some(f) if f > o.next && !o.sought => {
+                o.sought = true;
+                gaps.push((topic.clone(), *partition, o.next));
+            }
+            Some(f) if f > o.next => {
+                tracing::error!(
+                    event = "offsets_lost",
+                    topic,
+                    partition,
+                    from = o.next,
+                    to = f,
+                    "the broker no longer has these messages"
+                );
+            }
+            _ => {}
+        }
+    }
+    for (topic, partition, next) in &gaps {
+        tracing::warn!(
+            event = "offset_gap",
+            topic,
+            partition,
+            next,
+            "seeking back to the stored offset"
+        );
+        consumer
+            .seek(topic, *partition, Offset::Offset(*next), Duration::from_secs(5))
+            .map_err(|e| anyhow::anyhow!("seeking {topic}/{partition} to {next}: {e}"))?;
+    }
+    Ok(gaps)
+}
+
+/// The messages not applied yet (at or above the stored offset, not in a gap being re-read).
+fn fresh<'a>(owned: &Owners, batch: &'a [OwnedMessage], gaps: &[Gap]) -> Vec<&'a OwnedMessage> {
+    let in_gap = |m: &OwnedMessage| gaps.iter().any(|(t, p, _)| m.topic() == t && m.partition() == *p);
+    batch
+        .iter()
+        .filter(|m| !in_gap(m) && m.offset() >= owned[&tp(m)].next)
+        .collect()
+}
+
+fn next_offsets(fresh: &[&OwnedMessage]) -> HashMap<Tp, i64> {
+    let mut next: HashMap<Tp, i64> = HashMap::new();
+    for m in fresh {
+        let e = next.entry(tp(m)).or_default();
+        *e = (*e).max(m.offset() + 1);
+    }
+    next
+}
+
+fn commits(next: &HashMap<Tp, i64>, owned: &Owners) -> Vec<OffsetCommit> {
+    next.iter()
+        .map(|(tp, n)| OffsetCommit {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            next: *n,
+            epoch: owned[tp].epoch,
+        })
+        .collect()
+}
+
+/// Locks (in id order) and loads the batch's accounts and the stored first
+/// answers of its idempotency keys.
+async fn load(tx: &mut Tx<'_>, inputs: &[Input], now: DateTime<Utc>) -> anyhow::Result<State> {
+    let mut ids: Vec<String> = inputs.iter().filter_map(account_of).collect();
+    ids.sort();
+    ids.dedup();
+    let window_start = now - chrono::Duration::seconds(CORRECTION_WINDOW_SECS + 86_400);
+    let accounts = repo::load_accounts(tx, &ids, window_start, true).await?;
+    let keys: Vec<String> = inputs
+        .iter()
+        .filter_map(|i| match &i.message {
+            claims::Message::Claim(c) => Some(c.key.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    let mut records = HashMap::new();
+    for (key, stored) in repo::load_keys(tx, &keys).await? {
+        let answer = api::claim_from_stored(stored.status, &stored.body)
+            .ok_or_else(|| anyhow::anyhow!("key {key:?}: stored answer unreadable"))?;
+        let record = KeyRecord {
+            account_id: AccountId::try_from(stored.account_id.as_str())?,
+            claim_id: stored.claim_id,
+            answer,
+        };
+        records.insert(key, record);
+    }
+    Ok(State {
+        accounts,
+        keys: records,
+    })
+}
+
+fn account_of(input: &Input) -> Option<String> {
+    match &input.message {
+        claims::Message::Snapshot { parsed: Ok(s), .. } => Some(s.account_id.to_string()),
+        claims::Message::Snapshot { .. } => None,
+        claims::Message::Claim(c) => Some(c.account_id.to_string()),
+        claims::Message::Settle { account_id, .. } => Some(account_id.clone()),
+    }
+}
+
+/// The rows a batch's effects become (claim answers in their stored HTTP form).
+struct Rows {
+    claims: Vec<ClaimResult>,
+    payouts: Vec<PayoutRow>,
+    answered: Vec<Answered>,
+}
+
+impl Rows {
+    fn of(fx: &Effects) -> Rows {
+        let payouts = fx
+            .payouts
+            .iter()
+            .map(|p| PayoutRow {
+                payout_id: Uuid::parse_str(&p.payout_id).expect("the worker's payout ids are UUIDs"),
+                claim_id: p.claim_id,
+                idempotency_key: p.idempotency_key.clone(),
+                account_id: p.account_id.to_string(),
+                partition: p.partition,
+                payout: p.payout.clone(),
+                body: p.body.clone(),
+            })
+            .collect();
+        let answered = fx
+            .claims
+            .iter()
+            .map(|d| Answered {
+                claim_id: d.claim.claim_id,
+                replayed: d.replay_of.is_some(),
+                answer: d.answer.clone(),
+            })
+            .collect();
+        Rows {
+            claims: fx.claims.iter().map(claim_row).collect(),
+            payouts,
+            answered,
+        }
+    }
+}
+
+fn claim_row(d: &ClaimDecision) -> ClaimResult {
+    let account = d.claim.account_id.as_str();
+    ClaimResult {
+        claim_id: d.claim.claim_id,
+        idempotency_key: d.claim.key.as_str().to_owned(),
+        account_id: account.to_owned(),
+        accepted_at: d.claim.accepted_at,
+        business_date: business_date(d.claim.accepted_at),
+        status: api::claim_status(&d.answer) as i16,
+        body: api::claim_body(&d.answer, account),
+        payout_id: d.payout_id.as_deref().map(|id| Uuid::parse_str(id).expect("a UUID")),
+        replay_of: d.replay_of,
+        first_for_key: d.first_for_key,
+    }
+}
+
+/// One transaction: state, points, answers and keys, payouts and outbox, the
+/// fenced offsets, and the NOTIFY the API hears at commit.
+async fn write(
+    tx: &mut Tx<'_>,
+    state: &State,
+    fx: &Effects,
+    rows: &Rows,
+    now: DateTime<Utc>,
+    commits: &[OffsetCommit],
+) -> Result<(), BatchError> {
+    let touched: Vec<&Account> = fx.touched.iter().filter_map(|id| state.accounts.get(id)).collect();
+    repo::store_accounts(tx, &touched).await?;
+    repo::insert_points(tx, &fx.new_points, now).await?;
+    repo::store_claim_results(tx, &rows.claims).await?;
+    repo::insert_payouts(tx, &rows.payouts).await?;
+    let fenced = repo::commit_offsets(tx, commits).await?;
+    if !fenced.is_empty() {
+        return Err(BatchError::Fenced(fenced));
+    }
+    repo::notify_claims_done(tx, &rows.answered).await?;
+    Ok(())
+}
