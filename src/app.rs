@@ -121,50 +121,34 @@ pub async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     run(settings, role, shutdown).await
 }
 
-/// Runs until `shutdown` is cancelled, then drains and returns.
+/// What every part of the process shares.
+struct Shared {
+    settings: Settings,
+    pool: PgPool,
+    plans: Arc<RwLock<Arc<Plans>>>,
+    metrics: Metrics,
+    clock: Clock,
+    producer: Arc<kafka::ResilientProducer>,
+}
+
+/// Runs until `shutdown` is cancelled, then drains and returns. A part that
+/// stops (or panics) before shutdown was asked for stops the whole process
+/// with an error, so the pod is restarted instead of running half alive.
 pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = repo::connect(&settings.database_url, 16).await?;
-    let plans = repo::load_plans(&pool, settings.default_plan.as_deref()).await?;
-    if plans.is_empty() {
-        tracing::warn!(
-            event = "no_plans",
-            "no rate plans loaded; run `interest-now plans import`"
-        );
-    }
-    let plans = Arc::new(RwLock::new(Arc::new(plans)));
-    let metrics = Metrics::new();
-    let clock = Clock::new(settings.clock_offset_seconds);
-    let producer = {
-        let s = settings.clone();
-        Arc::new(kafka::ResilientProducer::new(move || kafka::producer(&s))?)
-    };
+    let shared = connect(settings).await?;
+    let settings = &shared.settings;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(reload_plans(
-        pool.clone(),
-        plans.clone(),
+        shared.pool.clone(),
+        shared.plans.clone(),
         settings.default_plan.clone(),
         shutdown.clone(),
     ));
-
-    let api_state = role.api().then(|| {
-        Arc::new(ApiInner {
-            settings: settings.clone(),
-            pool: pool.clone(),
-            producer: producer.clone(),
-            plans: plans.clone(),
-            clock,
-            metrics: metrics.clone(),
-            waiters: Mutex::new(HashMap::new()),
-            in_flight: Arc::new(Semaphore::new(settings.claims_in_flight_max)),
-            keys_in_flight: Mutex::new(HashSet::new()),
-            db_healthy: AtomicBool::new(true),
-            accepting: AtomicBool::new(true),
-        })
-    });
+    let api_state = role.api().then(|| api_state(&shared));
     let worker_status = role.worker().then(|| Arc::new(Mutex::new(WorkerStatus::default())));
     let admin = Admin {
-        pool: pool.clone(),
-        metrics: metrics.clone(),
+        pool: shared.pool.clone(),
+        metrics: shared.metrics.clone(),
         api: api_state.clone(),
         worker: worker_status.clone(),
         stopping: shutdown.clone(),
@@ -176,76 +160,153 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
     let admin_server = tokio::spawn(async move {
         let _ = axum::serve(admin_listener, admin_router(admin)).await;
     });
-
     if let Some(status) = worker_status {
-        let (relay_tx, relay_rx) = tokio::sync::mpsc::channel(crate::outbox::RELAY_QUEUE_MAX);
-        let workers: Vec<Worker> = Stream::ALL
-            .into_iter()
-            .map(|stream| Worker {
-                stream,
-                settings: settings.clone(),
-                pool: pool.clone(),
-                producer: producer.clone(),
-                metrics: metrics.clone(),
-                plans: plans.clone(),
-                clock,
-                status: status.clone(),
-                relay: relay_tx.clone(),
-            })
-            .collect();
-        drop(relay_tx);
-        let relay = Relay {
-            pool: pool.clone(),
-            producer: {
-                let s = settings.clone();
-                kafka::ResilientProducer::new(move || kafka::relay_producer(&s))?
-            },
-            topic: settings.topic(kafka::PAYOUTS),
-            status,
-            metrics: metrics.clone(),
-        };
-        for worker in workers {
-            let ws = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(e) = worker.run(ws.clone()).await {
-                    tracing::error!(event = "worker_failed", error = format!("{e:#}"));
-                    ws.cancel();
-                }
-            });
-        }
-        let rs = shutdown.clone();
-        tasks.spawn(relay.run(relay_rx, rs));
+        spawn_worker_side(&mut tasks, &shared, status, &shutdown)?;
     }
-
     if let Some(state) = api_state {
-        let listener = TcpListener::bind(settings.http_addr)
-            .await
-            .context("binding HTTP_ADDR")?;
-        tasks.spawn(api::listen_for_answers(state.clone(), shutdown.clone()));
-        tasks.spawn(api::watch_database(state.clone(), shutdown.clone()));
-        let app = api::router(state.clone());
-        let stop = shutdown.clone();
-        let drain_state = state.clone();
-        tasks.spawn(async move {
-            let graceful = async move {
-                stop.cancelled().await;
-                // Fail readiness and refuse new claims, let the balancer notice, then close.
-                drain_state.accepting.store(false, Ordering::Relaxed);
-                tokio::time::sleep(API_DRAIN).await;
-            };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
-                tracing::error!(event = "http_failed", error = %e);
-            }
-        });
+        spawn_api_side(&mut tasks, state, &shutdown).await?;
     }
     tracing::info!(event = "serving", role = ?role, http = %settings.http_addr, admin = %settings.admin_addr);
-    while tasks.join_next().await.is_some() {}
+    let failed = supervise(&mut tasks, &shutdown).await;
     admin_server.abort();
     // Flush anything the producer still holds (DLQ, payouts) before exit.
     use rdkafka::producer::Producer;
-    let _ = producer.get().flush(Duration::from_secs(5));
+    let _ = shared.producer.get().flush(Duration::from_secs(5));
     tracing::info!(event = "stopped");
+    match failed {
+        Some(what) => Err(anyhow::anyhow!("{what}; stopped the process")),
+        None => Ok(()),
+    }
+}
+
+/// The database pool, the plans, the metrics, the clock and the producer.
+async fn connect(settings: Settings) -> anyhow::Result<Shared> {
+    let pool = repo::connect(&settings.database_url, 16).await?;
+    let plans = repo::load_plans(&pool, settings.default_plan.as_deref()).await?;
+    if plans.is_empty() {
+        tracing::warn!(
+            event = "no_plans",
+            "no rate plans loaded; run `interest-now plans import`"
+        );
+    }
+    let producer = {
+        let s = settings.clone();
+        Arc::new(kafka::ResilientProducer::new(move || kafka::producer(&s))?)
+    };
+    Ok(Shared {
+        clock: Clock::new(settings.clock_offset_seconds),
+        settings,
+        pool,
+        plans: Arc::new(RwLock::new(Arc::new(plans))),
+        metrics: Metrics::new(),
+        producer,
+    })
+}
+
+fn api_state(shared: &Shared) -> ApiState {
+    Arc::new(ApiInner {
+        settings: shared.settings.clone(),
+        pool: shared.pool.clone(),
+        producer: shared.producer.clone(),
+        plans: shared.plans.clone(),
+        clock: shared.clock,
+        metrics: shared.metrics.clone(),
+        waiters: Mutex::new(HashMap::new()),
+        in_flight: Arc::new(Semaphore::new(shared.settings.claims_in_flight_max)),
+        keys_in_flight: Mutex::new(HashSet::new()),
+        db_healthy: AtomicBool::new(true),
+        accepting: AtomicBool::new(true),
+    })
+}
+
+/// One worker per input stream, and the relay they hand committed payouts to.
+fn spawn_worker_side(
+    tasks: &mut tokio::task::JoinSet<()>,
+    shared: &Shared,
+    status: Arc<Mutex<WorkerStatus>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = &shared.settings;
+    let (relay_tx, relay_rx) = tokio::sync::mpsc::channel(crate::outbox::RELAY_QUEUE_MAX);
+    for stream in Stream::ALL {
+        let worker = Worker {
+            stream,
+            settings: settings.clone(),
+            pool: shared.pool.clone(),
+            producer: shared.producer.clone(),
+            metrics: shared.metrics.clone(),
+            plans: shared.plans.clone(),
+            clock: shared.clock,
+            status: status.clone(),
+            relay: relay_tx.clone(),
+        };
+        let ws = shutdown.clone();
+        tasks.spawn(async move {
+            // An error ends the task before shutdown: `supervise` stops the process.
+            if let Err(e) = worker.run(ws).await {
+                tracing::error!(event = "worker_failed", error = format!("{e:#}"));
+            }
+        });
+    }
+    let relay = Relay {
+        pool: shared.pool.clone(),
+        producer: {
+            let s = settings.clone();
+            kafka::ResilientProducer::new(move || kafka::relay_producer(&s))?
+        },
+        topic: settings.topic(kafka::PAYOUTS),
+        status,
+        metrics: shared.metrics.clone(),
+    };
+    tasks.spawn(relay.run(relay_rx, shutdown.clone()));
     Ok(())
+}
+
+/// The HTTP listener with its graceful drain, the answer listener and the
+/// database watch.
+async fn spawn_api_side(
+    tasks: &mut tokio::task::JoinSet<()>,
+    state: ApiState,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(state.settings.http_addr)
+        .await
+        .context("binding HTTP_ADDR")?;
+    tasks.spawn(api::listen_for_answers(state.clone(), shutdown.clone()));
+    tasks.spawn(api::watch_database(state.clone(), shutdown.clone()));
+    let app = api::router(state.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let graceful = async move {
+            stop.cancelled().await;
+            // Fail readiness and refuse new claims, let the balancer notice, then close.
+            state.accepting.store(false, Ordering::Relaxed);
+            tokio::time::sleep(API_DRAIN).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+            tracing::error!(event = "http_failed", error = %e);
+        }
+    });
+    Ok(())
+}
+
+/// Waits for every task. The first one to end before shutdown was requested
+/// (a panic, or a loop that returned) starts the shutdown of the rest and is
+/// reported; the drain then proceeds as on SIGTERM.
+async fn supervise(tasks: &mut tokio::task::JoinSet<()>, shutdown: &CancellationToken) -> Option<String> {
+    let mut failed = None;
+    while let Some(done) = tasks.join_next().await {
+        let what = match done {
+            Err(e) if e.is_panic() => "a task panicked".to_owned(),
+            Err(e) => format!("a task was cancelled: {e}"),
+            Ok(()) if !shutdown.is_cancelled() => "a task stopped before shutdown".to_owned(),
+            Ok(()) => continue,
+        };
+        tracing::error!(event = "task_failed", detail = %what);
+        failed.get_or_insert(what);
+        shutdown.cancel();
+    }
+    failed
 }
 
 async fn reload_plans(pool: PgPool, plans: Arc<RwLock<Arc<Plans>>>, default: Option<String>, stop: CancellationToken) {
