@@ -35,7 +35,7 @@ pub enum Command {
     /// Run the service: the HTTP API, the partition worker, or both.
     Serve {
         #[arg(long, value_enum, default_value = "all")]
-        role: crate::app::Role,
+        role: crate::service::app::Role,
     },
     /// Apply the SQL migrations under migrations/.
     Migrate,

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::config::{Clock, Settings};
 use crate::money::{PlanFile, Plans};
-use crate::{repo, simulate};
+use crate::{simulate, store};
 
 /// Exit code 2: the caller's input (arguments, files, configuration) is wrong.
 pub const EXIT_USAGE: u8 = 2;
@@ -23,8 +23,8 @@ pub fn simulate(plans: &Path, events: &Path, opts: simulate::Options) -> anyhow:
 }
 
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let pool = repo::connect(&settings.database_url, 2).await?;
-    repo::migrate(&pool).await?;
+    let pool = store::connect(&settings.database_url, 2).await?;
+    store::migrate(&pool).await?;
     println!("migrations applied");
     Ok(())
 }
@@ -32,9 +32,9 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 pub async fn import_plans(settings: &Settings, file: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
     let plans = PlanFile::parse(&text)?;
-    let pool = repo::connect(&settings.database_url, 2).await?;
+    let pool = store::connect(&settings.database_url, 2).await?;
     let now = Clock::new(settings.clock_offset_seconds).now();
-    let written = repo::import_plans(&pool, &plans, now).await?;
+    let written = store::import_plans(&pool, &plans, now).await?;
     println!(
         "plans imported: {} written, {} unchanged",
         written.len(),

@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use interest_now::cli::{self, Command, PlansCommand};
 use interest_now::commands::{self, finish, EXIT_USAGE};
 use interest_now::config::Settings;
-use interest_now::{app, simulate, telemetry};
+use interest_now::service::app;
+use interest_now::{simulate, telemetry};
 
 fn main() -> ExitCode {
     let cli = cli::parse();

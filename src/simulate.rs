@@ -11,11 +11,11 @@ use chrono::{DateTime, Days, Utc};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::api::{claim_code, claim_status};
 use crate::claims::{self, Claim, ClaimAnswer, Context, Effects, Input, Message, State};
 use crate::money::snapshot::decode_fields;
 use crate::money::types::{format_instant, kst_midnight_utc, parse_date, parse_instant};
 use crate::money::{Account, AccountId, IdempotencyKey, PayoutKind, Plans, Refusal, SnapshotOutcome};
+use crate::service::api::{claim_code, claim_status};
 use crate::wire;
 
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,5 @@
 //! Fuzz target: the edge checks of `POST /v1/accounts/{account_id}/interest/claims`
-//! (`interest_now::request::parse_claim_request`).
+//! (`interest_now::service::request::parse_claim_request`).
 //!
 //! Input framing, so seeds stay readable text: up to four parts split at the
 //! first three newlines: the (percent-decoded) account id path segment, the
@@ -14,8 +14,8 @@
 #![no_main]
 
 use interest_now::money::{AccountId, IdempotencyKey};
-use interest_now::problem::problem;
-use interest_now::request::{parse_claim_request, REQUEST_BODY_BYTES_MAX};
+use interest_now::service::problem::problem;
+use interest_now::service::request::{parse_claim_request, REQUEST_BODY_BYTES_MAX};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

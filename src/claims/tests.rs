@@ -396,12 +396,12 @@ fn the_stored_http_form_reads_back_as_the_same_answer() {
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at: t0() }),
     ];
     for answer in all {
-        let status = crate::api::claim_status(&answer) as i16;
-        let body = crate::api::claim_body(&answer, "alice");
+        let status = crate::service::api::claim_status(&answer) as i16;
+        let body = crate::service::api::claim_body(&answer, "alice");
         // As PostgreSQL hands it back: jsonb text, parsed again.
         let body: serde_json::Value = serde_json::from_str(&body.to_string()).unwrap();
         assert_eq!(
-            crate::api::claim_from_stored(status, &body),
+            crate::service::api::claim_from_stored(status, &body),
             Some(answer),
             "{status} {body}"
         );

@@ -35,7 +35,7 @@ use super::{display, major_to_units, units, CloseDayArgs, Day};
 use crate::config::Settings;
 use crate::money::accrual::accrue;
 use crate::money::{Accrued, Currency, Plans, Point};
-use crate::{kafka, repo};
+use crate::{kafka, store};
 
 /// A balance point with the instant the worker applied it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub async fn run(settings: &Settings, args: &CloseDayArgs) -> anyhow::Result<()>
     day.require_closed(settings, args.grace_seconds, "close-day")?;
     let pool = super::connect(settings, 4, false).await?;
     wait_for_claims(settings, &pool, &day, Duration::from_secs(args.wait_seconds.into())).await?;
-    let plans = repo::load_plans(&pool, settings.default_plan.as_deref()).await?;
+    let plans = store::load_plans(&pool, settings.default_plan.as_deref()).await?;
     sqlx::query("INSERT INTO day_closes (business_date, cut_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
         .bind(day.date)
         .bind(day.t)

@@ -132,24 +132,9 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The finance commands' connection pool: `application_name` tells them apart
-/// in `pg_stat_activity`. With `quiet`, sqlx's statement logging (a slow-statement
-/// warning after a long report) is off, so nothing but the report reaches stdout.
+/// A pool for a finance command, named [`APPLICATION_NAME`] in `pg_stat_activity`.
 pub async fn connect(settings: &Settings, max_connections: u32, quiet: bool) -> anyhow::Result<sqlx::PgPool> {
-    use secrecy::ExposeSecret;
-    use sqlx::ConnectOptions;
-    let mut options: sqlx::postgres::PgConnectOptions =
-        settings.database_url.expose_secret().parse().context("DATABASE_URL")?;
-    options = options.application_name(APPLICATION_NAME);
-    if quiet {
-        options = options.disable_statement_logging();
-    }
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_with(options)
-        .await
-        .context("connecting to PostgreSQL")
+    crate::store::connect_as(&settings.database_url, max_connections, APPLICATION_NAME, !quiet).await
 }
 
 /// `application_name` of the finance commands' database sessions.
@@ -210,10 +195,7 @@ pub fn kst(t: DateTime<Utc>) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
 }
 
-/// Parses a NUMERIC(40,0) units value as PostgreSQL prints it.
-pub fn units(text: &str) -> anyhow::Result<i128> {
-    text.parse().with_context(|| format!("units value {text:?}"))
-}
+pub use crate::store::units;
 
 /// An exact amount in major units (as stored in `interest_payouts`) as accrual units.
 /// Refuses amounts with more decimals than the currency has.

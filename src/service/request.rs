@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn the_same_limit_as_the_api() {
-        assert_eq!(REQUEST_BODY_BYTES_MAX, crate::api::REQUEST_BODY_BYTES_MAX);
+        assert_eq!(REQUEST_BODY_BYTES_MAX, crate::service::api::REQUEST_BODY_BYTES_MAX);
     }
 
     #[test]

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::handoff::{OutboxItem, RelayWork, WorkerStatus};
 use crate::kafka;
-use crate::repo;
+use crate::service::handoff::{OutboxItem, RelayWork, WorkerStatus};
+use crate::store;
 use crate::telemetry::Metrics;
 
 /// Rows published per sweep round.
@@ -52,7 +52,7 @@ impl Relay {
                 _ = tokio::time::sleep(SWEEP_INTERVAL) => {
                     let partitions = self.status.lock().expect("status").claim_partitions.clone();
                     self.sweep(&partitions, &shutdown).await;
-                    if let Ok(n) = repo::outbox_pending(&self.pool).await {
+                    if let Ok(n) = store::outbox_pending(&self.pool).await {
                         self.metrics.outbox_pending.set(n);
                     }
                 }
@@ -65,7 +65,7 @@ impl Relay {
             return;
         }
         loop {
-            let rows = match repo::unpublished(&self.pool, partitions, SWEEP_BATCH_MAX).await {
+            let rows = match store::unpublished(&self.pool, partitions, SWEEP_BATCH_MAX).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(event = "relay_sweep_failed", error = format!("{e:#}"));
@@ -94,7 +94,7 @@ impl Relay {
             let delivered = self.publish(&items).await;
             if delivered > 0 {
                 let ids: Vec<Uuid> = items[..delivered].iter().map(|i| i.payout_id).collect();
-                if let Err(e) = repo::mark_published(&self.pool, &ids).await {
+                if let Err(e) = store::mark_published(&self.pool, &ids).await {
                     // Published but not marked: a later sweep publishes again (at least once).
                     tracing::warn!(event = "relay_mark_failed", error = format!("{e:#}"));
                 }

@@ -16,15 +16,15 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiInner, ApiState};
 use crate::config::{Clock, Settings};
-use crate::handoff::WorkerStatus;
 use crate::kafka;
 use crate::money::Plans;
-use crate::outbox::Relay;
-use crate::repo;
+use crate::service::api::{self, ApiInner, ApiState};
+use crate::service::handoff::WorkerStatus;
+use crate::service::relay::Relay;
+use crate::service::worker::{Stream, Worker};
+use crate::store;
 use crate::telemetry::Metrics;
-use crate::worker::{Stream, Worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -45,7 +45,7 @@ impl Role {
 /// How long the API keeps answering after SIGTERM while readiness already
 /// fails, so load balancers stop sending before the listener closes.
 const API_DRAIN: Duration = Duration::from_secs(2);
-/// Plans are reloaded this often (imports must lead changes by more: repo::PLAN_LEAD_SECS).
+/// Plans are reloaded this often (imports must lead changes by more: store::PLAN_LEAD_SECS).
 const PLAN_RELOAD: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
@@ -64,8 +64,7 @@ async fn readyz(State(a): State<Admin>) -> (StatusCode, String) {
     if a.stopping.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "stopping".into());
     }
-    let db = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&a.pool)).await;
-    if !db.is_ok_and(|r| r.is_ok()) {
+    if !store::ping(&a.pool, Duration::from_secs(1)).await {
         return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable".into());
     }
     if let Some(w) = &a.worker {
@@ -181,8 +180,8 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
 
 /// The database pool, the plans, the metrics, the clock and the producer.
 async fn connect(settings: Settings) -> anyhow::Result<Shared> {
-    let pool = repo::connect(&settings.database_url, 16).await?;
-    let plans = repo::load_plans(&pool, settings.default_plan.as_deref()).await?;
+    let pool = store::connect(&settings.database_url, 16).await?;
+    let plans = store::load_plans(&pool, settings.default_plan.as_deref()).await?;
     if plans.is_empty() {
         tracing::warn!(
             event = "no_plans",
@@ -227,7 +226,7 @@ fn spawn_worker_side(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = &shared.settings;
-    let (relay_tx, relay_rx) = tokio::sync::mpsc::channel(crate::outbox::RELAY_QUEUE_MAX);
+    let (relay_tx, relay_rx) = tokio::sync::mpsc::channel(crate::service::relay::RELAY_QUEUE_MAX);
     for stream in Stream::ALL {
         let worker = Worker {
             stream,
@@ -315,7 +314,7 @@ async fn reload_plans(pool: PgPool, plans: Arc<RwLock<Arc<Plans>>>, default: Opt
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PLAN_RELOAD) => {}
         }
-        match repo::load_plans(&pool, default.as_deref()).await {
+        match store::load_plans(&pool, default.as_deref()).await {
             Ok(p) => *plans.write().expect("plans") = Arc::new(p),
             Err(e) => tracing::warn!(event = "plan_reload_failed", error = format!("{e:#}")),
         }

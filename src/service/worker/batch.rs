@@ -14,14 +14,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use super::{BatchError, Owned, Worker, WorkerContext};
-use crate::api;
 use crate::claims::{self, Answered, Claim, ClaimDecision, Context, DeadLetter, Effects, Input, KeyRecord, State};
-use crate::handoff::{OutboxItem, RelayWork};
 use crate::kafka::{self, ClaimMessage};
 use crate::money::account::CORRECTION_WINDOW_SECS;
 use crate::money::types::business_date;
 use crate::money::{decode_snapshot, Account, AccountId, IdempotencyKey, Plans};
-use crate::repo::{self, ClaimResult, OffsetCommit, PayoutRow, Tx};
+use crate::service::api;
+use crate::service::handoff::{OutboxItem, RelayWork};
+use crate::store::{self, ClaimResult, OffsetCommit, PayoutRow, Tx};
 
 pub(super) type Owners = HashMap<(String, i32), Owned>;
 type Tp = (String, i32);
@@ -75,7 +75,7 @@ impl Worker {
         for m in batch {
             if let std::collections::hash_map::Entry::Vacant(slot) = owned.entry(tp(m)) {
                 let (topic, partition) = slot.key().clone();
-                let (next, epoch) = repo::own_partition(&self.pool, &topic, partition, owner).await?;
+                let (next, epoch) = store::own_partition(&self.pool, &topic, partition, owner).await?;
                 if topic == claims_topic {
                     // A crashed owner's committed but unpublished payouts go out first.
                     let _ = self.relay.send(RelayWork::Sweep(vec![partition])).await;
@@ -98,7 +98,7 @@ impl Worker {
                 && m.topic() == self.settings.topic(kafka::SNAPSHOTS)
         });
         if unknown {
-            if let Ok(fresh) = repo::load_plans(&self.pool, self.settings.default_plan.as_deref()).await {
+            if let Ok(fresh) = store::load_plans(&self.pool, self.settings.default_plan.as_deref()).await {
                 let fresh = Arc::new(fresh);
                 *self.plans.write().expect("plans") = fresh.clone();
                 return fresh;
@@ -337,7 +337,7 @@ async fn load(tx: &mut Tx<'_>, inputs: &[Input], now: DateTime<Utc>) -> anyhow::
     ids.sort();
     ids.dedup();
     let window_start = now - chrono::Duration::seconds(CORRECTION_WINDOW_SECS + 86_400);
-    let accounts = repo::load_accounts(tx, &ids, window_start, true).await?;
+    let accounts = store::load_accounts(tx, &ids, window_start, true).await?;
     let keys: Vec<String> = inputs
         .iter()
         .filter_map(|i| match &i.message {
@@ -346,7 +346,7 @@ async fn load(tx: &mut Tx<'_>, inputs: &[Input], now: DateTime<Utc>) -> anyhow::
         })
         .collect();
     let mut records = HashMap::new();
-    for (key, stored) in repo::load_keys(tx, &keys).await? {
+    for (key, stored) in store::load_keys(tx, &keys).await? {
         let answer = api::claim_from_stored(stored.status, &stored.body)
             .ok_or_else(|| anyhow::anyhow!("key {key:?}: stored answer unreadable"))?;
         let record = KeyRecord {
@@ -437,14 +437,14 @@ async fn write(
     commits: &[OffsetCommit],
 ) -> Result<(), BatchError> {
     let touched: Vec<&Account> = fx.touched.iter().filter_map(|id| state.accounts.get(id)).collect();
-    repo::store_accounts(tx, &touched).await?;
-    repo::insert_points(tx, &fx.new_points, now).await?;
-    repo::store_claim_results(tx, &rows.claims).await?;
-    repo::insert_payouts(tx, &rows.payouts).await?;
-    let fenced = repo::commit_offsets(tx, commits).await?;
+    store::store_accounts(tx, &touched).await?;
+    store::insert_points(tx, &fx.new_points, now).await?;
+    store::store_claim_results(tx, &rows.claims).await?;
+    store::insert_payouts(tx, &rows.payouts).await?;
+    let fenced = store::commit_offsets(tx, commits).await?;
     if !fenced.is_empty() {
         return Err(BatchError::Fenced(fenced));
     }
-    repo::notify_claims_done(tx, &rows.answered).await?;
+    store::notify_claims_done(tx, &rows.answered).await?;
     Ok(())
 }

@@ -24,10 +24,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Clock, Settings};
-use crate::handoff::RelayWork;
-pub use crate::handoff::WorkerStatus;
 use crate::kafka;
 use crate::money::Plans;
+use crate::service::handoff::RelayWork;
+pub use crate::service::handoff::WorkerStatus;
 use crate::telemetry::Metrics;
 
 /// What a rebalance callback tells the worker loop.

@@ -29,14 +29,14 @@ use crate::config::{Clock, Settings};
 use crate::kafka::{self, ClaimMessage};
 use crate::money::types::{business_date, format_instant, parse_instant};
 use crate::money::{AccountId, IdempotencyKey, Plans, Refusal};
-use crate::problem::problem;
-use crate::repo::{self, CLAIM_DONE_CHANNEL};
-use crate::request;
+use crate::service::problem::problem;
+use crate::service::request;
+use crate::store::{self, CLAIM_DONE_CHANNEL};
 use crate::telemetry::Metrics;
 use crate::wire::{self, PayoutJson};
 
 /// Largest request body accepted on any route.
-pub use crate::request::REQUEST_BODY_BYTES_MAX;
+pub use crate::service::request::REQUEST_BODY_BYTES_MAX;
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -143,7 +143,7 @@ async fn get_interest(State(state): State<ApiState>, raw: RawPath) -> Response {
     let plans = state.plans.read().expect("plans").clone();
     let loaded = async {
         let mut conn = state.pool.acquire().await?;
-        repo::load_accounts(&mut conn, &[id.to_string()], now, false).await
+        store::load_accounts(&mut conn, &[id.to_string()], now, false).await
     }
     .await;
     match loaded {
@@ -379,7 +379,7 @@ pub fn claim_from_stored(status: i16, body: &Value) -> Option<ClaimAnswer> {
 }
 
 /// A finished claim row as the waiting request receives it.
-fn answered(r: &repo::ClaimRecord) -> Option<Answered> {
+fn answered(r: &store::ClaimRecord) -> Option<Answered> {
     let answer = claim_from_stored(r.status?, r.body.as_ref()?);
     if answer.is_none() {
         tracing::error!(event = "stored_answer_unreadable", claim_id = %r.claim_id);
@@ -399,13 +399,13 @@ async fn accepted(
     key: &IdempotencyKey,
     at: DateTime<Utc>,
 ) -> Response {
-    if let Ok(mut found) = repo::load_claims(&state.pool, &[claim_id]).await {
+    if let Ok(mut found) = store::load_claims(&state.pool, &[claim_id]).await {
         if let Some(done) = found.pop().filter(|r| r.state == "done").as_ref().and_then(answered) {
             return answer(&done, account);
         }
     }
     let day = business_date(at);
-    if let Err(e) = repo::insert_accepted_claim(&state.pool, claim_id, key.as_str(), account.as_str(), at, day).await {
+    if let Err(e) = store::insert_accepted_claim(&state.pool, claim_id, key.as_str(), account.as_str(), at, day).await {
         tracing::warn!(event = "accepted_claim_not_recorded", error = format!("{e:#}"));
     }
     let body = json!({
@@ -423,7 +423,7 @@ async fn get_claim(State(state): State<ApiState>, raw: RawPath) -> Response {
     let Ok(id) = Uuid::parse_str(&path_text(raw)) else {
         return problem_response("invalid_claim_id", 400, "claim ids are UUIDs");
     };
-    match repo::load_claims(&state.pool, &[id]).await {
+    match store::load_claims(&state.pool, &[id]).await {
         Err(_) => problem_response("unavailable", 503, "the database is unavailable"),
         Ok(mut v) => match v.pop() {
             None => problem_response("unknown_claim", 404, "no such claim"),
@@ -502,7 +502,7 @@ fn hand_over(state: &ApiInner, payload: &str) -> Vec<Uuid> {
 }
 
 async fn deliver(state: &ApiInner, ids: &[Uuid]) {
-    match repo::load_claims(&state.pool, ids).await {
+    match store::load_claims(&state.pool, ids).await {
         Ok(records) => {
             let mut waiters = state.waiters.lock().expect("waiters");
             for done in records.iter().filter_map(answered) {
@@ -518,9 +518,7 @@ async fn deliver(state: &ApiInner, ids: &[Uuid]) {
 /// Keeps `db_healthy` current so claims get a fast 503 while the database is away.
 pub async fn watch_database(state: ApiState, shutdown: tokio_util::sync::CancellationToken) {
     while !shutdown.is_cancelled() {
-        let ok = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&state.pool))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let ok = store::ping(&state.pool, Duration::from_secs(1)).await;
         if ok != state.db_healthy.swap(ok, Ordering::Relaxed) {
             tracing::warn!(event = "database_health", healthy = ok);
         }

@@ -1,0 +1,191 @@
+//! Accounts and their balance points, locked and loaded per batch.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::Row;
+
+use super::{secs_utc, units_parse, units_text, Tx};
+use crate::claims::NewPoint;
+use crate::money::{Account, AccountId, Currency, Point, StoredAccount, TaxProfile};
+
+const ACCOUNT_COLUMNS: &str = "account_id, currency, tax_profile, last_seq, paid_through, paid_any,
+    carry_units::text AS carry, pending_adjustment_units::text AS pending, claim_day, claims_on_day,
+    last_claim_at, settled_through";
+
+fn account_from_row(row: &sqlx::postgres::PgRow, points: Vec<Point>) -> anyhow::Result<Account> {
+    let id: String = row.get("account_id");
+    let currency: String = row.get("currency");
+    let tax: String = row.get("tax_profile");
+    let paid_through: DateTime<Utc> = row.get("paid_through");
+    let stored = StoredAccount {
+        id: AccountId::try_from(id.as_str())?,
+        currency: Currency::try_from(currency.as_str())?,
+        tax_profile: TaxProfile::try_from(tax.as_str())?,
+        points,
+        last_seq: row.get::<i64, _>("last_seq") as u64,
+        paid_through: paid_through.timestamp(),
+        paid_any: row.get("paid_any"),
+        carry: units_parse(row.get("carry"))?,
+        pending_adjustment: units_parse(row.get("pending"))?,
+        claim_day: row.get("claim_day"),
+        claims_on_day: row.get::<i32, _>("claims_on_day") as u32,
+        last_claim_at: row.get("last_claim_at"),
+        settled_through: row.get("settled_through"),
+    };
+    Ok(Account::restore(stored)?)
+}
+
+/// Loads (and, with `lock`, row-locks in id order, so concurrent batches
+/// cannot deadlock on accounts) the accounts with their timelines from
+/// `cutoff` on (plus the point in force at the cutoff).
+pub async fn load_accounts(
+    conn: &mut sqlx::PgConnection,
+    ids: &[String],
+    window_start: DateTime<Utc>,
+    lock: bool,
+) -> anyhow::Result<HashMap<String, Account>> {
+    let sql = format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1) ORDER BY account_id {}",
+        if lock { "FOR UPDATE" } else { "" }
+    );
+    let rows = sqlx::query(&sql)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await
+        .context("loading accounts")?;
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut cutoffs = Vec::with_capacity(rows.len());
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let paid_through: DateTime<Utc> = row.get("paid_through");
+        found.push(row.get::<String, _>("account_id"));
+        cutoffs.push(paid_through.min(window_start));
+    }
+    let mut points = load_points(&mut *conn, &found, &cutoffs).await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.get("account_id");
+        let pts = points.remove(&id).unwrap_or_default();
+        out.insert(id, account_from_row(row, pts)?);
+    }
+    Ok(out)
+}
+
+async fn load_points(
+    conn: &mut sqlx::PgConnection,
+    ids: &[String],
+    cutoffs: &[DateTime<Utc>],
+) -> anyhow::Result<HashMap<String, Vec<Point>>> {
+    let rows = sqlx::query(
+        "SELECT bp.account_id, bp.seq, bp.as_of, bp.balance::text AS balance, bp.plan_id, a.currency
+         FROM unnest($1::text[], $2::timestamptz[]) AS t(id, cutoff)
+         JOIN accounts a ON a.account_id = t.id
+         JOIN LATERAL (
+             (SELECT * FROM balance_points p WHERE p.account_id = t.id AND p.as_of < t.cutoff ORDER BY p.seq DESC LIMIT 1)
+             UNION ALL
+             (SELECT * FROM balance_points p WHERE p.account_id = t.id AND p.as_of >= t.cutoff)
+         ) bp ON true
+         ORDER BY bp.account_id, bp.seq",
+    )
+    .bind(ids)
+    .bind(cutoffs)
+    .fetch_all(&mut *conn)
+    .await
+    .context("loading balance timelines")?;
+    let mut out: HashMap<String, Vec<Point>> = HashMap::new();
+    for row in rows {
+        let currency = Currency::try_from(row.get::<String, _>("currency").as_str())?;
+        let balance = currency.parse_amount(row.get("balance"))?;
+        out.entry(row.get("account_id")).or_default().push(Point {
+            seq: row.get::<i64, _>("seq") as u64,
+            as_of: row.get("as_of"),
+            balance,
+            plan: row.get("plan_id"),
+        });
+    }
+    Ok(out)
+}
+
+/// Writes the accounts' new state (insert or update).
+pub async fn store_accounts(tx: &mut Tx<'_>, accounts: &[&Account]) -> anyhow::Result<()> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let col = |f: &dyn Fn(&Account) -> String| accounts.iter().map(|a| f(a)).collect::<Vec<String>>();
+    let ids = col(&|a| a.id().to_string());
+    let currency = col(&|a| a.currency().code().to_owned());
+    let tax = col(&|a| a.tax_profile().as_str().to_owned());
+    let carry = col(&|a| units_text(a.carry()));
+    let pending = col(&|a| units_text(a.pending_adjustment()));
+    let last_seq: Vec<i64> = accounts.iter().map(|a| a.last_seq() as i64).collect();
+    let paid_through: Vec<DateTime<Utc>> = accounts.iter().map(|a| secs_utc(a.paid_through())).collect();
+    let paid_any: Vec<bool> = accounts.iter().map(|a| a.paid_any()).collect();
+    let claim_day: Vec<Option<NaiveDate>> = accounts.iter().map(|a| a.claim_day()).collect();
+    let claims_on_day: Vec<i32> = accounts.iter().map(|a| a.claims_on_day() as i32).collect();
+    let last_claim_at: Vec<Option<DateTime<Utc>>> = accounts.iter().map(|a| a.last_claim_at()).collect();
+    let settled: Vec<Option<NaiveDate>> = accounts.iter().map(|a| a.settled_through()).collect();
+    sqlx::query(
+        "INSERT INTO accounts (account_id, currency, tax_profile, last_seq, paid_through, paid_any, carry_units,
+                               pending_adjustment_units, claim_day, claims_on_day, last_claim_at, settled_through)
+         SELECT id, cur, tax, seq, pt, pa, carry::numeric, pend::numeric, cd, cod, lca, st
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], $6::bool[], $7::text[],
+                     $8::text[], $9::date[], $10::int4[], $11::timestamptz[], $12::date[])
+              AS t(id, cur, tax, seq, pt, pa, carry, pend, cd, cod, lca, st)
+         ON CONFLICT (account_id) DO UPDATE SET
+            tax_profile = EXCLUDED.tax_profile, last_seq = EXCLUDED.last_seq, paid_through = EXCLUDED.paid_through,
+            paid_any = EXCLUDED.paid_any, carry_units = EXCLUDED.carry_units,
+            pending_adjustment_units = EXCLUDED.pending_adjustment_units, claim_day = EXCLUDED.claim_day,
+            claims_on_day = EXCLUDED.claims_on_day, last_claim_at = EXCLUDED.last_claim_at,
+            settled_through = EXCLUDED.settled_through, updated_at = now()",
+    )
+    .bind(ids)
+    .bind(currency)
+    .bind(tax)
+    .bind(last_seq)
+    .bind(paid_through)
+    .bind(paid_any)
+    .bind(carry)
+    .bind(pending)
+    .bind(claim_day)
+    .bind(claims_on_day)
+    .bind(last_claim_at)
+    .bind(settled)
+    .execute(&mut **tx)
+    .await
+    .context("storing accounts")?;
+    Ok(())
+}
+
+/// Inserts new timeline points.
+pub async fn insert_points(tx: &mut Tx<'_>, points: &[NewPoint], received_at: DateTime<Utc>) -> anyhow::Result<()> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = points.iter().map(|n| n.account_id.as_str()).collect();
+    let seqs: Vec<i64> = points.iter().map(|n| n.point.seq as i64).collect();
+    let as_of: Vec<DateTime<Utc>> = points.iter().map(|n| n.point.as_of).collect();
+    let balance: Vec<String> = points
+        .iter()
+        .map(|n| n.currency.to_decimal(n.point.balance).to_string())
+        .collect();
+    let plan: Vec<&str> = points.iter().map(|n| n.point.plan.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO balance_points (account_id, seq, as_of, balance, plan_id, received_at)
+         SELECT id, seq, ts, bal::numeric, plan, $6
+         FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[]) AS t(id, seq, ts, bal, plan)",
+    )
+    .bind(ids)
+    .bind(seqs)
+    .bind(as_of)
+    .bind(balance)
+    .bind(plan)
+    .bind(received_at)
+    .execute(&mut **tx)
+    .await
+    .context("inserting balance points")?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The service's SQL (besides `migrations/`), one file per table family.
+//! Bulk writes use `UNNEST` so a batch of thousands of claims is a handful
+//! of statements. Exact accrual units (numerators up to ~10^36) travel as
+//! text into NUMERIC. The finance commands (`crate::finance`) keep their own
+//! set-based reporting SQL over the finance tables; they share `connect` and
+//! the units helpers from here.
+//!
+//! May import: `crate::money`, `crate::claims` and `crate::wire` (the types
+//! it stores); never the service (`crate::service`) or Kafka.
+
+mod accounts;
+mod claims;
+mod offsets;
+mod payouts;
+mod plans;
+
+pub use accounts::*;
+pub use claims::*;
+pub use offsets::*;
+pub use payouts::*;
+pub use plans::*;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::money::Accrued;
+
+pub type Tx<'a> = Transaction<'a, Postgres>;
+
+/// Connection pool sized for a worker's or API's needs; fails fast when the
+/// database is down so callers can answer 503 instead of hanging.
+pub async fn connect(url: &secrecy::SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
+    connect_as(url, max_connections, "interest-now", true).await
+}
+
+/// Like [`connect`], with the sessions' `application_name` (how an operator
+/// tells the finance commands from the service in `pg_stat_activity`) and
+/// whether sqlx logs each statement (a report written to stdout wants quiet).
+pub async fn connect_as(
+    url: &secrecy::SecretString,
+    max_connections: u32,
+    application_name: &str,
+    log_statements: bool,
+) -> anyhow::Result<PgPool> {
+    use sqlx::ConnectOptions;
+    let mut options: PgConnectOptions = url.expose_secret().parse().context("DATABASE_URL")?;
+    options = options.application_name(application_name);
+    if !log_statements {
+        options = options.disable_statement_logging();
+    }
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// A database round trip within `limit`: the health probe of readiness and
+/// of the API's database watch.
+pub async fn ping(pool: &PgPool, limit: Duration) -> bool {
+    let probe = sqlx::query("SELECT 1").execute(pool);
+    tokio::time::timeout(limit, probe).await.is_ok_and(|r| r.is_ok())
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("./migrations")
+        .run(pool)
+        .await
+        .context("applying migrations")?;
+    Ok(())
+}
+
+// ---- exact units and instants ------------------------------------------------
+
+pub fn units_text(a: Accrued) -> String {
+    a.0.to_string()
+}
+
+pub(crate) fn units_parse(s: &str) -> anyhow::Result<Accrued> {
+    Ok(Accrued(units(s)?))
+}
+
+/// Exact accrual units as stored (`NUMERIC(40,0)` read as text).
+pub fn units(text: &str) -> anyhow::Result<i128> {
+    text.parse().with_context(|| format!("units value {text:?}"))
+}
+
+pub fn secs_utc(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(s, 0).expect("in range")
+}
