@@ -86,19 +86,22 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// A fresh database `name` (dropped first if present) and fresh topics.
+    /// A fresh database and fresh topics, named `name` plus this process's
+    /// id, so two runs at once (a developer's benchmark and CI's small one)
+    /// never share or drop each other's database.
     pub async fn create(
-        name: &str,
+        base_name: &str,
         admin_db_url: &str,
         brokers: &str,
         partitions: i32,
         plans_json: &str,
     ) -> anyhow::Result<Stack> {
+        let name = format!("{base_name}_{}", std::process::id());
         let spec = Spec {
             product: product()?,
             admin_db_url: admin_db_url.to_owned(),
             brokers: brokers.to_owned(),
-            name: name.to_owned(),
+            name: name.clone(),
             partitions,
             plans_json: plans_json.to_owned(),
             tokens: vec![TOKEN.to_owned()],
