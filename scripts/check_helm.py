@@ -6,7 +6,8 @@
    helm/values-production.yaml.
 2. Render the chart for several value sets and validate every manifest:
    built-in kinds with kubernetes-validate (strict schemas of KUBE_VERSION),
-   CRD kinds (KEDA ScaledObject, ServiceMonitor) with a structural check here.
+   CRD kinds (KEDA ScaledObject, ServiceMonitor, PrometheusRule) with a structural
+   check here; the alerts' and the dashboard's PromQL by promtool.
 3. Assert the chart's invariants on the rendered objects (rolling updates with
    no unavailable pods, no worker replicas under KEDA, hardened containers,
    secrets by reference only, hook ordering, probes, ports, CronJobs).
@@ -45,7 +46,19 @@ KUBE_VERSION = "1.30.0"  # bundled by kubernetes-validate; the chart needs >= 1.
 RELEASE = "interest-now"
 NAMESPACE = "interest-now"
 KST = timezone(timedelta(hours=9))
-CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+# What the dashboard must show (issue 14): each metric appears in some panel's query.
+DASHBOARD_METRICS = {
+    "interest_claims_total", "interest_claim_duration_seconds_bucket", "kafka_consumer_lag",
+    "outbox_pending", "balance_snapshots_total", "worker_batch_size_bucket",
+    "kube_pod_container_status_restarts_total",
+}
+# The README's "Alerts" section, each with an alert.
+ALERT_METRICS = {"kafka_consumer_lag", "outbox_pending", "interest_claims_total", "balance_snapshots_total"}
 SECRET_ENV = {"DATABASE_URL", "API_TOKENS"}
 
 errors: list[str] = []
@@ -189,10 +202,78 @@ def validate_service_monitor(where: str, doc: dict[str, Any]) -> bool:
     return ok
 
 
+def validate_prometheus_rule(where: str, doc: dict[str, Any]) -> bool:
+    ok = True
+    groups = dig(doc, "spec", "groups")
+    if not check(isinstance(groups, list) and groups, f"{where}: spec.groups required"):
+        return False
+    seen: set[str] = set()
+    for g in groups:
+        ok &= check(bool(g.get("name")), f"{where}: every group needs a name")
+        for rule in g.get("rules") or []:
+            name = rule.get("alert", "?")
+            expr = str(rule.get("expr", ""))
+            ok &= check(bool(rule.get("alert")) and bool(expr), f"{where}: {name}: alert and expr required")
+            ok &= check('namespace="' in expr, f"{where}: {name}: expr must select the release namespace")
+            ok &= check(bool(dig(rule, "labels", "severity")), f"{where}: {name}: labels.severity required")
+            for key in ("summary", "description", "runbook"):
+                ok &= check(bool(dig(rule, "annotations", key)), f"{where}: {name}: annotations.{key} required")
+            if "for" in rule:
+                ok &= check(re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", str(rule["for"])) is not None,
+                            f"{where}: {name}: for is not a duration")
+            seen |= {m for m in ALERT_METRICS if m in expr}
+    ok &= check(seen == ALERT_METRICS, f"{where}: alerts missing for {sorted(ALERT_METRICS - seen)}")
+    before = len(errors)
+    promtool_check(where, groups)
+    return ok and len(errors) == before
+
+
+def promtool_check(where: str, rules: list[dict[str, Any]]) -> None:
+    """PromQL syntax and rule structure by promtool (PROMTOOL, set by scripts/check-helm)."""
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not check(bool(promtool), f"{where}: promtool not found (scripts/check-helm fetches it)"):
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump({"groups": rules}, f)
+        path = f.name
+    try:
+        out = subprocess.run([promtool, "check", "rules", path], capture_output=True, text=True, timeout=60)
+        check(out.returncode == 0, f"{where}: promtool check rules: {out.stdout.strip()} {out.stderr.strip()}")
+    finally:
+        os.unlink(path)
+
+
+def dashboard_as_rules(exprs: list[str]) -> list[dict[str, Any]]:
+    """Each panel query as a recording rule, so promtool parses it (Grafana's
+    $variables replaced by a value of the right shape)."""
+    def concrete(e: str) -> str:
+        return e.replace("$namespace", "interest-now").replace("$release", "interest-now")
+    return [{"name": "dashboard", "rules": [{"record": f"dashboard:panel_{i}", "expr": concrete(e)}
+                                             for i, e in enumerate(exprs)]}]
+
+
+def check_dashboard(where: str, doc: dict[str, Any], merged: dict[str, Any]) -> None:
+    g = merged["grafanaDashboard"]
+    check(dig(doc, "metadata", "labels", g["label"]) == g["labelValue"],
+          f"{where}: the Grafana sidecar label {g['label']}={g['labelValue']} is missing")
+    try:
+        dash = json.loads((doc.get("data") or {}).get("interest-now.json", ""))
+    except ValueError as exc:
+        error(f"{where}: interest-now.json is not JSON: {exc}")
+        return
+    exprs = [t.get("expr", "") for p in dash.get("panels", []) for t in p.get("targets", [])]
+    missing = {m for m in DASHBOARD_METRICS if not any(m in e for e in exprs)}
+    check(not missing, f"{where}: dashboard panels missing {sorted(missing)}")
+    check("__FULLNAME__" not in json.dumps(dash), f"{where}: __FULLNAME__ left unreplaced")
+    promtool_check(where, dashboard_as_rules(exprs))
+
+
 def validate_crd(where: str, doc: dict[str, Any], merged: dict[str, Any]) -> bool:
     ok = check(bool(dig(doc, "metadata", "name")), f"{where}: metadata.name required")
     if doc["kind"] == "ScaledObject":
         return validate_scaled_object(where, doc, merged) and ok
+    if doc["kind"] == "PrometheusRule":
+        return validate_prometheus_rule(where, doc) and ok
     return validate_service_monitor(where, doc) and ok
 
 
@@ -353,6 +434,13 @@ def check_invariants(label: str, docs: list[tuple[str, dict[str, Any]]], merged:
     check(len(scaled) == (1 if merged["keda"]["enabled"] else 0), f"[{label}] ScaledObject count does not match keda.enabled")
     sms = by_kind.get("ServiceMonitor", [])
     check(len(sms) == (1 if merged["serviceMonitor"]["enabled"] else 0), f"[{label}] ServiceMonitor count does not match")
+    rules = by_kind.get("PrometheusRule", [])
+    check(len(rules) == (1 if merged["prometheusRule"]["enabled"] else 0), f"[{label}] PrometheusRule count does not match")
+    dashboards = [d for d in by_kind.get("ConfigMap", []) if component(d) == "dashboard"]
+    check(len(dashboards) == (1 if merged["grafanaDashboard"]["enabled"] else 0),
+          f"[{label}] dashboard ConfigMap count does not match grafanaDashboard.enabled")
+    for d in dashboards:
+        check_dashboard(where(d), d, merged)
     nps = by_kind.get("NetworkPolicy", [])
     if merged["networkPolicy"]["enabled"]:
         check(len(nps) == 2, f"[{label}] expected 2 NetworkPolicies")
@@ -451,6 +539,9 @@ BAD_VALUES: list[tuple[str, str, str]] = [
      "  midnightFloor:\n    desiredReplicas: 8\n", "desiredReplicas"),
     ("workers above partitions", "worker:\n  replicas: 13\n", "must not exceed kafka.partitions"),
     ("same http and admin port", "config:\n  httpPort: 9090\n", "must differ"),
+    ("alert threshold as a word", "prometheusRule:\n  thresholds:\n    outboxPending: many\n", "/prometheusRule/thresholds/outboxPending"),
+    ("alert for not a duration", "prometheusRule:\n  for:\n    consumerLag: five minutes\n", "/prometheusRule/for/consumerLag"),
+    ("dashboard label not a label key", "grafanaDashboard:\n  label: \"grafana dashboard\"\n", "/grafanaDashboard/label"),
 ]
 
 
@@ -490,6 +581,8 @@ api: {preStop: {nativeSleep: false, sleepSeconds: 3}, pdb: {maxUnavailable: "50%
 topologySpread: {enabled: false}
 extraEnv: [{name: EXTRA_FLAG, value: "1"}]
 serviceMonitor: {enabled: true, namespace: monitoring, metricRelabelings: [{action: drop, regex: "go_.*", sourceLabels: [__name__]}]}
+grafanaDashboard: {enabled: true, namespace: monitoring, label: grafana_dashboard_custom, labelValue: "yes"}
+prometheusRule: {enabled: true, namespace: monitoring, thresholds: {consumerLagMessages: 500}}
 networkPolicy: {enabled: true}
 plans: []
 cronJobs: {settle: {enabled: false}}
