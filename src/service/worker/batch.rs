@@ -268,22 +268,17 @@ fn seek_gaps(
             .filter(|m| m.topic() == topic && m.partition() == *partition)
             .map(|m| m.offset())
             .min();
-        match first {
-            Some(f) if f > o.next && !o.sought => {
-                o.sought = true;
-                gaps.push((topic.clone(), *partition, o.next));
-            }
-            Some(f) if f > o.next => {
-                tracing::error!(
-                    event = "offsets_lost",
-                    topic,
-                    partition,
-                    from = o.next,
-                    to = f,
-                    "the broker no longer has these messages"
-                );
-            }
-            _ => {}
+        match gap_step(o, first) {
+            GapStep::None => {}
+            GapStep::SeekBack => gaps.push((topic.clone(), *partition, o.next)),
+            GapStep::Lost { to } => tracing::error!(
+                event = "offsets_lost",
+                topic,
+                partition,
+                from = o.next,
+                to,
+                "the broker no longer has these messages (claims among them stay accepted in `claims`)"
+            ),
         }
     }
     for (topic, partition, next) in &gaps {
@@ -299,6 +294,40 @@ fn seek_gaps(
             .map_err(|e| anyhow::anyhow!("seeking {topic}/{partition} to {next}: {e}"))?;
     }
     Ok(gaps)
+}
+
+/// What a batch's first offset for a partition means against the stored offset.
+#[derive(Debug, PartialEq, Eq)]
+enum GapStep {
+    /// Contiguous (or below: already applied, skipped).
+    None,
+    /// Ahead of the stored offset for the first time: a lost or reset group
+    /// offset; re-read from the stored offset.
+    SeekBack,
+    /// Still ahead after seeking back: the broker no longer has the messages
+    /// up to `to` (retention, a recreated topic). Go on from `to`.
+    Lost { to: i64 },
+}
+
+/// Decides the gap step and keeps `sought` current: it is set by a seek and
+/// cleared once the partition reads contiguously again, so a later gap is
+/// sought back again rather than taken for lost.
+fn gap_step(o: &mut Owned, first: Option<i64>) -> GapStep {
+    match first {
+        Some(f) if f > o.next && !o.sought => {
+            o.sought = true;
+            GapStep::SeekBack
+        }
+        Some(f) if f > o.next => {
+            o.sought = false;
+            GapStep::Lost { to: f }
+        }
+        Some(_) => {
+            o.sought = false;
+            GapStep::None
+        }
+        None => GapStep::None,
+    }
 }
 
 /// The messages not applied yet (at or above the stored offset, not in a gap being re-read).
@@ -447,4 +476,31 @@ async fn write(
     }
     store::notify_claims_done(tx, &rows.answered).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gap_step, GapStep, Owned};
+
+    #[test]
+    fn a_gap_is_sought_back_once_then_taken_as_lost_and_a_later_gap_is_sought_again() {
+        let mut o = Owned {
+            epoch: 1,
+            next: 10,
+            sought: false,
+        };
+        assert_eq!(gap_step(&mut o, Some(10)), GapStep::None);
+        assert_eq!(gap_step(&mut o, None), GapStep::None);
+        // A reset group offset: the consumer is ahead of what was applied.
+        assert_eq!(gap_step(&mut o, Some(15)), GapStep::SeekBack);
+        // After the seek the broker still starts at 15: 10..15 are gone.
+        assert_eq!(gap_step(&mut o, Some(15)), GapStep::Lost { to: 15 });
+        // The batch from 15 is applied; reading is contiguous again.
+        o.next = 20;
+        assert_eq!(gap_step(&mut o, Some(20)), GapStep::None);
+        // A later gap is sought back again, not taken for lost.
+        assert_eq!(gap_step(&mut o, Some(30)), GapStep::SeekBack);
+        assert_eq!(gap_step(&mut o, Some(20)), GapStep::None);
+        assert!(!o.sought);
+    }
 }
