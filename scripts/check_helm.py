@@ -326,12 +326,30 @@ def check_pod(where: str, spec: dict[str, Any]) -> None:
                       f"{cw}: env {name} carries credentials in a URL")
 
 
+def check_database_roles(objs: list[dict[str, Any]], merged: dict[str, Any], where: Callable[[dict[str, Any]], str]) -> None:
+    """Only the migration Job connects as the schema owner; every other pod and
+    job uses the application login (least privilege)."""
+    app_key, owner_key = merged["secrets"]["databaseUrlKey"], merged["secrets"]["migrationsDatabaseUrlKey"]
+    check(app_key != owner_key, "secrets.databaseUrlKey and secrets.migrationsDatabaseUrlKey must differ")
+    for d in objs:
+        spec = pod_spec(d)
+        if spec is None:
+            continue
+        want = owner_key if component(d) == "migrate" else app_key
+        for c in spec.get("containers") or []:
+            for env in c.get("env") or []:
+                if env.get("name") == "DATABASE_URL":
+                    got = dig(env, "valueFrom", "secretKeyRef", "key")
+                    check(got == want, f"{where(d)}: DATABASE_URL from key {got}, expected {want}")
+
+
 def check_invariants(label: str, docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> None:
     objs = [d for _, d in docs]
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for d in objs:
         by_kind.setdefault(d["kind"], []).append(d)
     where = lambda d: f"[{label}] {name_of(d)}"  # noqa: E731
+    check_database_roles(objs, merged, where)
 
     check("Secret" not in by_kind, f"[{label}] the chart must not render Secret objects")
     names = [(d["kind"], dig(d, "metadata", "name")) for d in objs]

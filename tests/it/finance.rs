@@ -998,9 +998,9 @@ async fn reconcile_names_the_accounts_whose_money_does_not_add_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finance_reader_reads_the_finance_tables_and_nothing_else() {
     let env = Env::new(1).await;
-    let url = env.db_url.replacen("://postgres@", "://finance_reader@", 1);
-    assert_ne!(url, env.db_url, "TEST_DATABASE_URL connects as postgres");
-    let reader = sqlx::PgPool::connect(&url).await.unwrap();
+    // A person's login granted the group role (finance_reader itself is NOLOGIN).
+    let login = crate::privilege::Login::create(&env, Some("finance_reader")).await;
+    let reader = sqlx::PgPool::connect(&login.url).await.unwrap();
     for view in [
         "interest_payouts",
         "daily_accruals",
@@ -1034,6 +1034,7 @@ async fn finance_reader_reads_the_finance_tables_and_nothing_else() {
     }
     reader.close().await;
     env.drop_db().await;
+    login.drop().await;
 }
 
 #[test]

@@ -118,7 +118,7 @@ Call with (dict "ctx" $ "apiTokens" true) to add API_TOKENS (API pods only).
   valueFrom:
     secretKeyRef:
       name: {{ $v.secrets.existingSecret }}
-      key: {{ $v.secrets.databaseUrlKey }}
+      key: {{ .databaseUrlKey | default $v.secrets.databaseUrlKey }}
 {{- if .apiTokens }}
 - name: API_TOKENS
   valueFrom:
@@ -243,7 +243,8 @@ readinessProbe:
 {{/*
 Pod template for Jobs and CronJobs. Call with
 (dict "ctx" $ "component" "migrate" "args" (list ...) "command" (list ...)
-      "serviceAccountName" "..." "configMap" "" "restartPolicy" "Never").
+      "serviceAccountName" "..." "configMap" "" "restartPolicy" "Never"
+      ["databaseUrlKey" "..."]: the Secret key of DATABASE_URL, if not secrets.databaseUrlKey).
 */}}
 {{- define "interest-now.jobPod" -}}
 {{- $ctx := .ctx -}}
@@ -269,7 +270,7 @@ spec:
       args:
         {{- toYaml .args | nindent 8 }}
       env:
-        {{- include "interest-now.env" (dict "ctx" $ctx "apiTokens" false) | nindent 8 }}
+        {{- include "interest-now.env" (dict "ctx" $ctx "apiTokens" false "databaseUrlKey" .databaseUrlKey) | nindent 8 }}
       resources:
         {{- toYaml $ctx.Values.jobs.resources | nindent 8 }}
       securityContext:
