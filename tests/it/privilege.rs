@@ -28,7 +28,9 @@ impl Login {
             .await
             .unwrap();
         admin.close().await;
-        let url = env.db_url.replacen("://postgres@", &format!("://{name}:{password}@"), 1);
+        let url = env
+            .db_url
+            .replacen("://postgres@", &format!("://{name}:{password}@"), 1);
         assert_ne!(url, env.db_url, "TEST_DATABASE_URL connects as postgres");
         Login { name, url }
     }
