@@ -16,6 +16,11 @@ pub struct PrivateBroker {
 }
 
 impl PrivateBroker {
+    /// The broker's process id (to account its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// An in-memory broker on a free port.
     pub async fn start() -> anyhow::Result<PrivateBroker> {
         Self::start_on(free_addr().port(), "memory://nisshi/").await

@@ -84,7 +84,10 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
     )
     .await?;
     let (midnight, ingest_rate) = prepare(&mut stack, &o).await?;
+    let broker_pid = _broker.as_ref().map(|b| b.pid());
+    let before = cpu_sample(&stack, broker_pid);
     let (results, secs) = fire(&mut stack, &o, midnight).await?;
+    let after = cpu_sample(&stack, broker_pid);
     let rss = stack.worker_rss_mb_max();
     let day = business_date(midnight).to_string();
     let (paid_accounts, duplicates) = payout_check(&stack, &day).await?;
@@ -94,8 +97,23 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
     line["worker_rss_mb_max"] = json!(rss);
     line["ingest_snapshots_per_s"] = json!(round(ingest_rate));
     line["elapsed_s"] = json!(round(started.elapsed().as_secs_f64()));
+    let paid = results.iter().filter(|r| r.status == 201).count();
+    line["cpu_us_per_claim"] = crate::cpu::per_claim_us(&before, &after, paid);
     stack.teardown(false).await;
     Ok(line)
+}
+
+/// The CPU time of the run's processes (see `crate::cpu`).
+fn cpu_sample(stack: &Stack, broker: Option<u32>) -> crate::cpu::Sample {
+    let pids = |role: &str| -> Vec<u32> {
+        stack
+            .services
+            .iter()
+            .filter(|s| s.role == role)
+            .map(|s| s.child.id())
+            .collect()
+    };
+    crate::cpu::sample(&pids("api"), &pids("worker"), broker)
 }
 
 /// Sets the service clock `lead` seconds before the next midnight, starts the

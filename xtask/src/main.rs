@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod cpu;
 mod demo;
 mod load;
 mod stack;

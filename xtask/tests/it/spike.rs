@@ -79,6 +79,23 @@ fn a_small_midnight_spike_pays_every_account_exactly_once() {
     ] {
         assert!(r[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {r}");
     }
+    // CPU per claim by component: the service's processes and the database did work.
+    let cpu = &r["cpu_us_per_claim"];
+    for part in [
+        "api",
+        "workers",
+        "postgres",
+        "load_generator",
+        "broker",
+        "service",
+        "total",
+    ] {
+        assert!(cpu[part].as_u64().is_some(), "cpu_us_per_claim.{part} in {r}");
+    }
+    assert!(
+        cpu["service"].as_u64() > Some(0) && cpu["postgres"].as_u64() > Some(0),
+        "{r}"
+    );
 }
 
 #[test]
