@@ -22,6 +22,12 @@ pub struct Settings {
     pub claims_in_flight_max: usize,
     /// Messages one worker transaction applies at most.
     pub worker_batch_size_max: usize,
+    /// A request head must arrive within this; also the keep-alive idle timeout.
+    pub http_header_read_timeout_ms: u64,
+    /// Open API connections at most; one over it is answered 503 and closed.
+    pub http_connections_max: usize,
+    /// API requests being handled at once at most; over it, 503 at once.
+    pub http_requests_in_flight_max: usize,
 }
 
 /// A configuration problem, as one line.
@@ -73,6 +79,20 @@ impl Settings {
         if claim_wait_ms > 60_000 {
             return Err(ConfigError("CLAIM_WAIT_MS must be at most 60000".into()));
         }
+        let http_header_read_timeout_ms: u64 = parsed("HTTP_HEADER_READ_TIMEOUT_MS", 5_000)?;
+        if !(100..=60_000).contains(&http_header_read_timeout_ms) {
+            return Err(ConfigError(
+                "HTTP_HEADER_READ_TIMEOUT_MS must be within 100..=60000".into(),
+            ));
+        }
+        let http_connections_max: usize = parsed("HTTP_CONNECTIONS_MAX", 25_000)?;
+        if http_connections_max == 0 {
+            return Err(ConfigError("HTTP_CONNECTIONS_MAX must be at least 1".into()));
+        }
+        let http_requests_in_flight_max: usize = parsed("HTTP_REQUESTS_IN_FLIGHT_MAX", 25_000)?;
+        if http_requests_in_flight_max == 0 {
+            return Err(ConfigError("HTTP_REQUESTS_IN_FLIGHT_MAX must be at least 1".into()));
+        }
         let prefix = var("KAFKA_TOPIC_PREFIX")?.unwrap_or_default();
         if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
             return Err(ConfigError("KAFKA_TOPIC_PREFIX may only hold [A-Za-z0-9._-]".into()));
@@ -95,6 +115,9 @@ impl Settings {
             clock_offset_seconds: parsed("CLOCK_OFFSET_SECONDS", 0)?,
             claims_in_flight_max: parsed("CLAIMS_IN_FLIGHT_MAX", 20_000)?,
             worker_batch_size_max: parsed("WORKER_BATCH_SIZE_MAX", 2_000)?,
+            http_header_read_timeout_ms,
+            http_connections_max,
+            http_requests_in_flight_max,
         })
     }
 

@@ -18,6 +18,7 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
@@ -93,23 +94,18 @@ fn json_response(status: u16, body: Value, replayed: bool) -> Response {
     resp
 }
 
-/// Bearer-token check; every token is compared in constant time, and all of
-/// them are compared, so timing tells nothing. Tokens are never logged.
+/// Bearer-token check. The scheme is matched case-insensitively (RFC 9110
+/// §11.1). The presented token and every configured one are compared as
+/// SHA-256 digests (fixed length) in constant time, all of them, without an
+/// early exit, so timing tells neither a token's content nor its length.
+/// Tokens are never logged.
 async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::as_bytes);
-    let ok = presented.is_some_and(|p| {
-        state
-            .settings
-            .api_tokens
-            .iter()
-            .fold(0u8, |acc, t| acc | t.expose_secret().as_bytes().ct_eq(p).unwrap_u8())
-            == 1
-    });
+        .and_then(bearer_token);
+    let ok = presented.is_some_and(|p| token_matches(&state.settings.api_tokens, p));
     if !ok {
         state.metrics.claims_total.with_label_values(&["unauthorized"]).inc();
         let mut resp = problem_response("unauthorized", 401, "a valid bearer token is required");
@@ -118,6 +114,25 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         return resp;
     }
     next.run(req).await
+}
+
+/// The token of `Authorization: Bearer <token>`, the scheme in any case; `None`
+/// for another scheme or an empty token.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Whether `presented` is one of `configured`: digests compared in constant
+/// time, over every configured token.
+fn token_matches(configured: &[secrecy::SecretString], presented: &str) -> bool {
+    let digest = Sha256::digest(presented.as_bytes());
+    configured
+        .iter()
+        .map(|t| Sha256::digest(t.expose_secret().as_bytes()).ct_eq(&digest))
+        .fold(subtle::Choice::from(0), |acc, eq| acc | eq)
+        .into()
 }
 
 #[allow(clippy::result_large_err)] // a ready response, built once on the error path
@@ -255,9 +270,21 @@ async fn claim(state: &ApiInner, raw: &str, headers: &HeaderMap, body: Body) -> 
     let claim_id = Uuid::now_v7();
     let (tx, rx) = oneshot::channel();
     state.waiters.lock().expect("waiters").insert(claim_id, tx);
-    let waited = wait_for_answer(state, claim_id, &account, &key, accepted_at, rx).await;
-    state.waiters.lock().expect("waiters").remove(&claim_id);
-    waited
+    // Removed however the request ends, also when the request timeout drops it.
+    let _waiter = WaiterGuard { state, claim_id };
+    wait_for_answer(state, claim_id, &account, &key, accepted_at, rx).await
+}
+
+/// Removes the claim's waiter when the request ends, however it ends.
+struct WaiterGuard<'a> {
+    state: &'a ApiInner,
+    claim_id: Uuid,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.state.waiters.lock().expect("waiters").remove(&self.claim_id);
+    }
 }
 
 async fn wait_for_answer(
@@ -526,5 +553,32 @@ pub async fn watch_database(state: ApiState, shutdown: tokio_util::sync::Cancell
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bearer_token, token_matches};
+    use secrecy::SecretString;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for v in ["Bearer t", "bearer t", "BEARER t", "bEaReR t", "Bearer  t"] {
+            assert_eq!(bearer_token(v), Some("t"), "{v:?}");
+        }
+        for v in ["Basic t", "Bearer", "Bearer ", "Bearert", "t", ""] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_match_only_whole() {
+        let tokens = [SecretString::from("token-one"), SecretString::from("token-two")];
+        assert!(token_matches(&tokens, "token-one"));
+        assert!(token_matches(&tokens, "token-two"));
+        for wrong in ["token-six", "token", "token-one-", "", "TOKEN-ONE"] {
+            assert!(!token_matches(&tokens, wrong), "{wrong:?}");
+        }
+        assert!(!token_matches(&[], "token-one"));
     }
 }

@@ -21,6 +21,7 @@ use crate::kafka;
 use crate::money::Plans;
 use crate::service::api::{self, ApiInner, ApiState};
 use crate::service::handoff::WorkerStatus;
+use crate::service::http;
 use crate::service::relay::Relay;
 use crate::service::worker::{Stream, Worker};
 use crate::store;
@@ -274,6 +275,7 @@ async fn spawn_api_side(
     tasks.spawn(api::listen_for_answers(state.clone(), shutdown.clone()));
     tasks.spawn(api::watch_database(state.clone(), shutdown.clone()));
     let app = api::router(state.clone());
+    let limits = http::Limits::from_settings(&state.settings);
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let graceful = async move {
@@ -282,9 +284,7 @@ async fn spawn_api_side(
             state.accepting.store(false, Ordering::Relaxed);
             tokio::time::sleep(API_DRAIN).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
-            tracing::error!(event = "http_failed", error = %e);
-        }
+        http::serve(listener, app, limits, graceful).await;
     });
     Ok(())
 }

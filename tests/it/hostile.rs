@@ -101,6 +101,29 @@ fn cases() -> Vec<Case> {
         Case::claim("token without the Bearer scheme", ok, 401, "unauthorized").auth(Some(TOKEN)),
         Case::claim("Basic credentials", ok, 401, "unauthorized").auth(Some("Basic dGVzdDp0ZXN0")),
         Case::claim("empty bearer token", ok, 401, "unauthorized").auth(Some("Bearer ")),
+        // Same length as TOKEN ("test-token-1"), one character off; and other lengths.
+        Case::claim("wrong token of the same length", ok, 401, "unauthorized").auth(Some("Bearer test-token-2")),
+        Case::claim("wrong token, longer", ok, 401, "unauthorized").auth(Some("Bearer test-token-1-and-more")),
+        Case::claim("wrong token, one character", ok, 401, "unauthorized").auth(Some("Bearer t")),
+        Case::claim("the token in another case", ok, 401, "unauthorized").auth(Some("Bearer TEST-TOKEN-1")),
+        // The scheme is case-insensitive (RFC 9110 §11.1): auth passes and the
+        // next check answers (before the fix: 401).
+        Case::request(
+            "lowercase bearer scheme",
+            M::GET,
+            "/v1/claims/not-a-uuid",
+            400,
+            "invalid_claim_id",
+        )
+        .auth(Some(&format!("bearer {TOKEN}"))),
+        Case::request(
+            "uppercase BEARER scheme",
+            M::GET,
+            "/v1/claims/not-a-uuid",
+            400,
+            "invalid_claim_id",
+        )
+        .auth(Some(&format!("BEARER {TOKEN}"))),
         Case::claim("a token's prefix", ok, 401, "unauthorized").auth(Some(&format!("Bearer {}", &TOKEN[..4]))),
         Case::claim("a token with a suffix", ok, 401, "unauthorized").auth(Some(&format!("Bearer {TOKEN}x"))),
         Case::request(

@@ -5,6 +5,7 @@ mod faults;
 mod finance;
 mod harness;
 mod hostile;
+mod http_limits;
 mod money_rules;
 mod pipeline;
 mod privilege;
