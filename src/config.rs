@@ -22,6 +22,9 @@ pub struct Settings {
     pub claims_in_flight_max: usize,
     /// Messages one worker transaction applies at most.
     pub worker_batch_size_max: usize,
+    /// Seconds between two reloads of the rate plans; below the import lead
+    /// (`store::PLAN_LEAD_SECS`, 60 s) so a rate change reaches every process first.
+    pub plan_reload_secs: u64,
 }
 
 /// A configuration problem, as one line.
@@ -73,6 +76,12 @@ impl Settings {
         if claim_wait_ms > 60_000 {
             return Err(ConfigError("CLAIM_WAIT_MS must be at most 60000".into()));
         }
+        let plan_reload_secs: u64 = parsed("PLAN_RELOAD_SECS", 5)?;
+        if !(1..60).contains(&plan_reload_secs) {
+            return Err(ConfigError(
+                "PLAN_RELOAD_SECS must be 1 to 59 (below the 60 s import lead)".into(),
+            ));
+        }
         let prefix = var("KAFKA_TOPIC_PREFIX")?.unwrap_or_default();
         if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
             return Err(ConfigError("KAFKA_TOPIC_PREFIX may only hold [A-Za-z0-9._-]".into()));
@@ -95,6 +104,7 @@ impl Settings {
             clock_offset_seconds: parsed("CLOCK_OFFSET_SECONDS", 0)?,
             claims_in_flight_max: parsed("CLAIMS_IN_FLIGHT_MAX", 20_000)?,
             worker_batch_size_max: parsed("WORKER_BATCH_SIZE_MAX", 2_000)?,
+            plan_reload_secs,
         })
     }
 

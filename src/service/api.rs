@@ -28,7 +28,8 @@ use crate::claims::{Answered, ClaimAnswer};
 use crate::config::{Clock, Settings};
 use crate::kafka::{self, ClaimMessage};
 use crate::money::types::{business_date, format_instant, parse_instant};
-use crate::money::{AccountId, IdempotencyKey, Plans, Refusal};
+use crate::money::{Account, AccountId, IdempotencyKey, Plans, Refusal};
+use crate::service::plans;
 use crate::service::problem::problem;
 use crate::service::request;
 use crate::store::{self, CLAIM_DONE_CHANNEL};
@@ -140,7 +141,6 @@ async fn get_interest(State(state): State<ApiState>, raw: RawPath) -> Response {
         Err(r) => return r,
     };
     let now = state.clock.now();
-    let plans = state.plans.read().expect("plans").clone();
     let loaded = async {
         let mut conn = state.pool.acquire().await?;
         store::load_accounts(&mut conn, &[id.to_string()], now, false).await
@@ -153,11 +153,24 @@ async fn get_interest(State(state): State<ApiState>, raw: RawPath) -> Response {
         }
         Ok(mut found) => match found.remove(id.as_str()) {
             None => problem_response("unknown_account", 404, format!("no account {id}")),
-            Some(acc) => {
-                let view = acc.view(&plans, now, state.settings.claims_per_day);
-                json_response(200, wire::view(&view, acc.id(), acc.currency()), false)
-            }
+            Some(acc) => interest_view(&state, &acc, now).await,
         },
+    }
+}
+
+/// The live view of a stored account, on plans that cover it (reloaded if it
+/// names a plan imported since the last reload); 503 if they cannot be had.
+async fn interest_view(state: &ApiInner, acc: &Account, now: DateTime<Utc>) -> Response {
+    let default_plan = state.settings.default_plan.as_deref();
+    match plans::covering(&state.pool, &state.plans, default_plan, [acc]).await {
+        Ok(plans) => {
+            let view = acc.view(&plans, now, state.settings.claims_per_day);
+            json_response(200, wire::view(&view, acc.id(), acc.currency()), false)
+        }
+        Err(e) => {
+            tracing::warn!(event = "view_failed", error = %e);
+            problem_response("unavailable", 503, "the account's rate plan is not available yet")
+        }
     }
 }
 

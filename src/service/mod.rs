@@ -9,6 +9,7 @@
 pub mod api;
 pub mod app;
 pub mod handoff;
+pub mod plans;
 pub mod problem;
 pub mod relay;
 pub mod request;

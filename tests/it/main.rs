@@ -6,6 +6,7 @@ mod harness;
 mod hostile;
 mod money_rules;
 mod pipeline;
+mod plan_reload;
 mod properties;
 mod simulate_cli;
 mod support;
