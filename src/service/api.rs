@@ -457,20 +457,36 @@ async fn get_claim(State(state): State<ApiState>, raw: RawPath) -> Response {
     }
 }
 
+/// Consecutive failed attempts to (re)establish the answer listener before it
+/// gives up and ends, which stops the process (`app::supervise`): an API that
+/// cannot hear answers is restarted rather than left half alive. With
+/// `LISTEN_RETRY_PAUSE`, about 10 s without a database LISTEN.
+const LISTEN_ATTEMPTS_MAX: u32 = 20;
+const LISTEN_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// Delivers workers' answers to the requests waiting in this process.
 pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::CancellationToken) {
+    let mut failed = 0;
     while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&state.pool).await {
+        let connected = async {
+            let mut l = PgListener::connect_with(&state.pool).await?;
+            l.listen(CLAIM_DONE_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match connected.await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(event = "listener_connect_failed", error = %e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                failed += 1;
+                tracing::warn!(event = "listener_connect_failed", error = %e, attempt = failed);
+                if failed >= LISTEN_ATTEMPTS_MAX {
+                    tracing::error!(event = "answer_listener_failed", attempts = failed, error = %e);
+                    return;
+                }
+                tokio::time::sleep(LISTEN_RETRY_PAUSE).await;
                 continue;
             }
         };
-        if listener.listen(CLAIM_DONE_CHANNEL).await.is_err() {
-            continue;
-        }
+        failed = 0;
         loop {
             let n = tokio::select! {
                 _ = shutdown.cancelled() => return,

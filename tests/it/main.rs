@@ -9,4 +9,5 @@ mod pipeline;
 mod plan_reload;
 mod properties;
 mod simulate_cli;
+mod supervise;
 mod support;
