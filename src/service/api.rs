@@ -457,16 +457,16 @@ async fn get_claim(State(state): State<ApiState>, raw: RawPath) -> Response {
     }
 }
 
-/// Consecutive failed attempts to (re)establish the answer listener before it
-/// gives up and ends, which stops the process (`app::supervise`): an API that
-/// cannot hear answers is restarted rather than left half alive. With
-/// `LISTEN_RETRY_PAUSE`, about 10 s without a database LISTEN.
-const LISTEN_ATTEMPTS_MAX: u32 = 20;
+/// How long the answer listener tries to (re)establish its LISTEN session
+/// before it gives up and ends, which stops the process (`app::supervise`):
+/// an API that cannot hear answers is restarted rather than left half alive.
+/// Well above the database outages the service rides out (faults: 10 s).
+const LISTEN_DOWN_MAX: Duration = Duration::from_secs(30);
 const LISTEN_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Delivers workers' answers to the requests waiting in this process.
 pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::CancellationToken) {
-    let mut failed = 0;
+    let mut down_since: Option<Instant> = None;
     while !shutdown.is_cancelled() {
         let connected = async {
             let mut l = PgListener::connect_with(&state.pool).await?;
@@ -476,17 +476,17 @@ pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::Can
         let mut listener = match connected.await {
             Ok(l) => l,
             Err(e) => {
-                failed += 1;
-                tracing::warn!(event = "listener_connect_failed", error = %e, attempt = failed);
-                if failed >= LISTEN_ATTEMPTS_MAX {
-                    tracing::error!(event = "answer_listener_failed", attempts = failed, error = %e);
+                let down = down_since.get_or_insert_with(Instant::now).elapsed();
+                tracing::warn!(event = "listener_connect_failed", error = %e, down_ms = down.as_millis() as u64);
+                if down >= LISTEN_DOWN_MAX {
+                    tracing::error!(event = "answer_listener_failed", error = %e, "no LISTEN session; giving up");
                     return;
                 }
                 tokio::time::sleep(LISTEN_RETRY_PAUSE).await;
                 continue;
             }
         };
-        failed = 0;
+        down_since = None;
         loop {
             let n = tokio::select! {
                 _ = shutdown.cancelled() => return,
