@@ -28,6 +28,9 @@ pub struct Settings {
     pub http_connections_max: usize,
     /// API requests being handled at once at most; over it, 503 at once.
     pub http_requests_in_flight_max: usize,
+    /// Seconds between two reloads of the rate plans; below the import lead
+    /// (`store::PLAN_LEAD_SECS`, 60 s) so a rate change reaches every process first.
+    pub plan_reload_secs: u64,
 }
 
 /// A configuration problem, as one line.
@@ -93,6 +96,12 @@ impl Settings {
         if http_requests_in_flight_max == 0 {
             return Err(ConfigError("HTTP_REQUESTS_IN_FLIGHT_MAX must be at least 1".into()));
         }
+        let plan_reload_secs: u64 = parsed("PLAN_RELOAD_SECS", 5)?;
+        if !(1..60).contains(&plan_reload_secs) {
+            return Err(ConfigError(
+                "PLAN_RELOAD_SECS must be 1 to 59 (below the 60 s import lead)".into(),
+            ));
+        }
         let prefix = var("KAFKA_TOPIC_PREFIX")?.unwrap_or_default();
         if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
             return Err(ConfigError("KAFKA_TOPIC_PREFIX may only hold [A-Za-z0-9._-]".into()));
@@ -118,6 +127,7 @@ impl Settings {
             http_header_read_timeout_ms,
             http_connections_max,
             http_requests_in_flight_max,
+            plan_reload_secs,
         })
     }
 

@@ -237,6 +237,16 @@ impl Account {
         self.settled_through
     }
 
+    /// The plans its points name, each once, in first-use order.
+    pub fn plan_ids(&self) -> impl Iterator<Item = &str> {
+        let points = &self.points;
+        points
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| !points[..*i].iter().any(|q| q.plan == p.plan))
+            .map(|(_, p)| p.plan.as_str())
+    }
+
     /// The point with this seq, if it is in the loaded window.
     pub fn point(&self, seq: u64) -> Option<&Point> {
         self.points.iter().find(|p| p.seq == seq)

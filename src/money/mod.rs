@@ -17,6 +17,6 @@ pub mod types;
 
 pub use account::{Account, AppliedRates, Payout, PayoutKind, Refusal, SnapshotOutcome, StoredAccount, View};
 pub use accrual::{Accrued, Point, ACCRUAL_DENOMINATOR};
-pub use plan::{Plan, PlanFile, Plans};
+pub use plan::{MissingPlan, Plan, PlanFile, Plans};
 pub use snapshot::{decode_snapshot, Snapshot};
 pub use types::{AccountId, Currency, IdempotencyKey, Minor, ParseError, RatePercent, TaxProfile};

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::account::Account;
 use super::types::{
-    is_leap_year, kst_year_of_secs, parse_instant, Currency, EpochSecs, Minor, ParseError, RatePercent,
+    is_leap_year, kst_year_of_secs, parse_instant, AccountId, Currency, EpochSecs, Minor, ParseError, RatePercent,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +208,28 @@ impl Plans {
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
+
+    /// Whether every plan the account's points name is loaded: the engine's
+    /// precondition for accruing on it (it panics on a plan it does not have).
+    /// A stored account may name a plan imported after these plans were
+    /// loaded; the caller reloads, or refuses with this reason.
+    pub fn covers(&self, account: &Account) -> Result<(), MissingPlan> {
+        match account.plan_ids().find(|id| !self.by_id.contains_key(*id)) {
+            None => Ok(()),
+            Some(plan) => Err(MissingPlan {
+                account: account.id().clone(),
+                plan: plan.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A stored account names a plan these plans do not hold (not loaded yet).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("account {account} names plan {plan:?}, which is not loaded")]
+pub struct MissingPlan {
+    pub account: AccountId,
+    pub plan: String,
 }
 
 // ---- JSON form -------------------------------------------------------------
@@ -492,5 +515,55 @@ mod tests {
             }],
         });
         assert!(check_import(&old, &past, now, 60).is_err());
+    }
+
+    fn account_on(plans: &[&str]) -> Account {
+        use crate::money::{Accrued, Point, StoredAccount};
+        let at = parse_instant("2026-01-02T00:00:00+09:00").unwrap();
+        let points: Vec<Point> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Point {
+                seq: i as u64 + 1,
+                as_of: at + chrono::Duration::hours(i as i64),
+                balance: Minor(1_000_000),
+                plan: (*p).to_owned(),
+            })
+            .collect();
+        Account::restore(StoredAccount {
+            id: AccountId::try_from("acc-1").unwrap(),
+            currency: Currency::KRW,
+            tax_profile: Default::default(),
+            last_seq: points.len() as u64,
+            paid_through: at.timestamp(),
+            points,
+            paid_any: false,
+            carry: Accrued::ZERO,
+            pending_adjustment: Accrued::ZERO,
+            claim_day: None,
+            claims_on_day: 0,
+            last_claim_at: None,
+            settled_through: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_account_lists_each_of_its_plans_once() {
+        let acc = account_on(&["tiered", "new", "tiered", "new"]);
+        assert_eq!(acc.plan_ids().collect::<Vec<_>>(), ["tiered", "new"]);
+    }
+
+    #[test]
+    fn plans_cover_an_account_only_with_every_plan_it_names() {
+        let plans = Plans::new(PlanFile::parse(TIERED).unwrap(), None).unwrap();
+        assert_eq!(plans.covers(&account_on(&["tiered"])), Ok(()));
+        let missing = plans.covers(&account_on(&["tiered", "imported-later"])).unwrap_err();
+        assert_eq!(missing.plan, "imported-later");
+        assert_eq!(missing.account.as_str(), "acc-1");
+        assert_eq!(
+            missing.to_string(),
+            "account acc-1 names plan \"imported-later\", which is not loaded"
+        );
     }
 }

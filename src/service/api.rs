@@ -29,7 +29,8 @@ use crate::claims::{Answered, ClaimAnswer};
 use crate::config::{Clock, Settings};
 use crate::kafka::{self, ClaimMessage};
 use crate::money::types::{business_date, format_instant, parse_instant};
-use crate::money::{AccountId, IdempotencyKey, Plans, Refusal};
+use crate::money::{Account, AccountId, IdempotencyKey, Plans, Refusal};
+use crate::service::plans;
 use crate::service::problem::problem;
 use crate::service::request;
 use crate::store::{self, CLAIM_DONE_CHANNEL};
@@ -155,7 +156,6 @@ async fn get_interest(State(state): State<ApiState>, raw: RawPath) -> Response {
         Err(r) => return r,
     };
     let now = state.clock.now();
-    let plans = state.plans.read().expect("plans").clone();
     let loaded = async {
         let mut conn = state.pool.acquire().await?;
         store::load_accounts(&mut conn, &[id.to_string()], now, false).await
@@ -168,11 +168,24 @@ async fn get_interest(State(state): State<ApiState>, raw: RawPath) -> Response {
         }
         Ok(mut found) => match found.remove(id.as_str()) {
             None => problem_response("unknown_account", 404, format!("no account {id}")),
-            Some(acc) => {
-                let view = acc.view(&plans, now, state.settings.claims_per_day);
-                json_response(200, wire::view(&view, acc.id(), acc.currency()), false)
-            }
+            Some(acc) => interest_view(&state, &acc, now).await,
         },
+    }
+}
+
+/// The live view of a stored account, on plans that cover it (reloaded if it
+/// names a plan imported since the last reload); 503 if they cannot be had.
+async fn interest_view(state: &ApiInner, acc: &Account, now: DateTime<Utc>) -> Response {
+    let default_plan = state.settings.default_plan.as_deref();
+    match plans::covering(&state.pool, &state.plans, default_plan, [acc]).await {
+        Ok(plans) => {
+            let view = acc.view(&plans, now, state.settings.claims_per_day);
+            json_response(200, wire::view(&view, acc.id(), acc.currency()), false)
+        }
+        Err(e) => {
+            tracing::warn!(event = "view_failed", error = %e);
+            problem_response("unavailable", 503, "the account's rate plan is not available yet")
+        }
     }
 }
 
@@ -471,20 +484,36 @@ async fn get_claim(State(state): State<ApiState>, raw: RawPath) -> Response {
     }
 }
 
+/// How long the answer listener tries to (re)establish its LISTEN session
+/// before it gives up and ends, which stops the process (`app::supervise`):
+/// an API that cannot hear answers is restarted rather than left half alive.
+/// Well above the database outages the service rides out (faults: 10 s).
+const LISTEN_DOWN_MAX: Duration = Duration::from_secs(30);
+const LISTEN_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// Delivers workers' answers to the requests waiting in this process.
 pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::CancellationToken) {
+    let mut down_since: Option<Instant> = None;
     while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&state.pool).await {
+        let connected = async {
+            let mut l = PgListener::connect_with(&state.pool).await?;
+            l.listen(CLAIM_DONE_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match connected.await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(event = "listener_connect_failed", error = %e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                let down = down_since.get_or_insert_with(Instant::now).elapsed();
+                tracing::warn!(event = "listener_connect_failed", error = %e, down_ms = down.as_millis() as u64);
+                if down >= LISTEN_DOWN_MAX {
+                    tracing::error!(event = "answer_listener_failed", error = %e, "no LISTEN session; giving up");
+                    return;
+                }
+                tokio::time::sleep(LISTEN_RETRY_PAUSE).await;
                 continue;
             }
         };
-        if listener.listen(CLAIM_DONE_CHANNEL).await.is_err() {
-            continue;
-        }
+        down_since = None;
         loop {
             let n = tokio::select! {
                 _ = shutdown.cancelled() => return,

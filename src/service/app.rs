@@ -46,8 +46,6 @@ impl Role {
 /// How long the API keeps answering after SIGTERM while readiness already
 /// fails, so load balancers stop sending before the listener closes.
 const API_DRAIN: Duration = Duration::from_secs(2);
-/// Plans are reloaded this often (imports must lead changes by more: store::PLAN_LEAD_SECS).
-const PLAN_RELOAD: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct Admin {
@@ -141,6 +139,7 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
     tasks.spawn(reload_plans(
         shared.pool.clone(),
         shared.plans.clone(),
+        Duration::from_secs(settings.plan_reload_secs),
         settings.default_plan.clone(),
         shutdown.clone(),
     ));
@@ -308,11 +307,20 @@ async fn supervise(tasks: &mut tokio::task::JoinSet<()>, shutdown: &Cancellation
     failed
 }
 
-async fn reload_plans(pool: PgPool, plans: Arc<RwLock<Arc<Plans>>>, default: Option<String>, stop: CancellationToken) {
+/// Reloads the plans every `PLAN_RELOAD_SECS` (imports must lead changes by
+/// more: `store::PLAN_LEAD_SECS`); between reloads, `service::plans::covering`
+/// reloads on demand when a stored account names a plan not loaded yet.
+async fn reload_plans(
+    pool: PgPool,
+    plans: Arc<RwLock<Arc<Plans>>>,
+    every: Duration,
+    default: Option<String>,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(PLAN_RELOAD) => {}
+            _ = tokio::time::sleep(every) => {}
         }
         match store::load_plans(&pool, default.as_deref()).await {
             Ok(p) => *plans.write().expect("plans") = Arc::new(p),

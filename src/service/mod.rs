@@ -10,6 +10,7 @@ pub mod api;
 pub mod app;
 pub mod handoff;
 pub mod http;
+pub mod plans;
 pub mod problem;
 pub mod relay;
 pub mod request;

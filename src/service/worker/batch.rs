@@ -21,6 +21,7 @@ use crate::money::types::business_date;
 use crate::money::{decode_snapshot, Account, AccountId, IdempotencyKey, Plans};
 use crate::service::api;
 use crate::service::handoff::{OutboxItem, RelayWork};
+use crate::service::plans;
 use crate::store::{self, ClaimResult, OffsetCommit, PayoutRow, Tx};
 
 pub(super) type Owners = HashMap<(String, i32), Owned>;
@@ -47,6 +48,16 @@ impl Worker {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await.map_err(anyhow::Error::from)?;
         let mut state = load(&mut tx, &inputs, now).await?;
+        // Accounts may name a plan imported since our last reload (another
+        // process applied a snapshot on it): reload, or fail and retry the batch.
+        let plans = plans::covering(
+            &self.pool,
+            &self.plans,
+            self.settings.default_plan.as_deref(),
+            state.accounts.values(),
+        )
+        .await
+        .map_err(anyhow::Error::from)?;
         let cx = Context {
             plans: &plans,
             now,
