@@ -557,6 +557,8 @@ BAD_VALUES: list[tuple[str, str, str]] = [
      "  midnightFloor:\n    desiredReplicas: 8\n", "desiredReplicas"),
     ("workers above partitions", "worker:\n  replicas: 13\n", "must not exceed kafka.partitions"),
     ("same http and admin port", "config:\n  httpPort: 9090\n", "must differ"),
+    ("plan reload past the import lead", "config:\n  planReloadSecs: 60\n", "/config/planReloadSecs"),
+    ("no HTTP connections", "config:\n  httpConnectionsMax: 0\n", "/config/httpConnectionsMax"),
     ("alert threshold as a word", "prometheusRule:\n  thresholds:\n    outboxPending: many\n", "/prometheusRule/thresholds/outboxPending"),
     ("alert for not a duration", "prometheusRule:\n  for:\n    consumerLag: five minutes\n", "/prometheusRule/for/consumerLag"),
     ("dashboard label not a label key", "grafanaDashboard:\n  label: \"grafana dashboard\"\n", "/grafanaDashboard/label"),

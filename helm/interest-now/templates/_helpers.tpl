@@ -146,6 +146,14 @@ Call with (dict "ctx" $ "apiTokens" true) to add API_TOKENS (API pods only).
   value: {{ $v.config.clockOffsetSeconds | toString | quote }}
 - name: RUST_LOG
   value: {{ $v.config.rustLog | quote }}
+- name: PLAN_RELOAD_SECS
+  value: {{ $v.config.planReloadSecs | toString | quote }}
+- name: HTTP_HEADER_READ_TIMEOUT_MS
+  value: {{ $v.config.httpHeaderReadTimeoutMs | toString | quote }}
+- name: HTTP_CONNECTIONS_MAX
+  value: {{ $v.config.httpConnectionsMax | toString | quote }}
+- name: HTTP_REQUESTS_IN_FLIGHT_MAX
+  value: {{ $v.config.httpRequestsInFlightMax | toString | quote }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
