@@ -60,7 +60,14 @@ pub enum PlansCommand {
 
 /// Parses the arguments; on a usage error prints one line and exits 2.
 pub fn parse() -> Cli {
-    match Cli::try_parse() {
+    parse_or_exit()
+}
+
+/// Parses any clap command line the project's way (the dev tool's too):
+/// help and version as clap prints them; a usage error as one line on
+/// stderr and exit 2.
+pub fn parse_or_exit<T: Parser>() -> T {
+    match T::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;

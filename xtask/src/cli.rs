@@ -28,37 +28,10 @@ pub enum Command {
     },
 }
 
-/// Parses the arguments; on a usage error prints one line and exits 2.
+/// Parses the arguments; on a usage error prints one line and exits 2
+/// (the product's own helper, so both tools answer a bad flag alike).
 pub fn parse() -> Cli {
-    match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                e.exit();
-            }
-            // One line: clap's message up to the usage block, joined.
-            let text = e.render().to_string();
-            let message: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.starts_with("Usage:"))
-                .filter(|l| !l.is_empty())
-                .collect();
-            let line = if message.is_empty() {
-                "error: bad arguments".to_owned()
-            } else {
-                message.join(" ")
-            };
-            eprintln!("{line} (see --help)");
-            std::process::exit(2);
-        }
-    }
+    interest_now::cli::parse_or_exit()
 }
 
 #[derive(Debug, Subcommand)]
