@@ -24,7 +24,7 @@ use crate::telemetry::Metrics;
 
 /// Rows published per sweep round.
 const SWEEP_BATCH_MAX: i64 = 5_000;
-/// Periodic sweep for anything left behind.
+/// Periodic sweep of every assigned claims partition, for anything left behind.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause before retrying a failed publication.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
@@ -42,6 +42,9 @@ pub struct Relay {
 impl Relay {
     /// Runs until the worker drops its sender (after its last batch).
     pub async fn run(self, mut work: mpsc::Receiver<RelayWork>, shutdown: CancellationToken) {
+        // An interval, not a sleep per loop: steady work must not postpone the sweep for ever.
+        let mut sweep_every = tokio::time::interval(SWEEP_INTERVAL);
+        sweep_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 w = work.recv() => match w {
@@ -49,7 +52,7 @@ impl Relay {
                     Some(RelayWork::Sweep(partitions)) => self.sweep(&partitions, &shutdown).await,
                     None => return,
                 },
-                _ = tokio::time::sleep(SWEEP_INTERVAL) => {
+                _ = sweep_every.tick() => {
                     let partitions = self.status.lock().expect("status").claim_partitions.clone();
                     self.sweep(&partitions, &shutdown).await;
                     if let Ok(n) = store::outbox_pending(&self.pool).await {

@@ -375,3 +375,35 @@ async fn a_worker_killed_mid_stream_and_another_joining_lose_and_double_nothing(
     drop((w2, w3_join));
     env.drop_db().await;
 }
+
+/// A worker that dies between its commit and the relay's publication leaves
+/// a payout in the outbox. The next owner of that claims partition publishes
+/// it even if no claim ever arrives on the partition again (it used to be
+/// swept only once the new owner touched the partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_a_dead_worker_left_unpublished_is_published_by_the_next_owner() {
+    let env = Env::new(2).await;
+    let api = env.serve("api", &[]).await;
+    let mut w1 = env.serve("worker", &[]).await;
+    env.snapshot("orphan", 1, "100000000", &two_days_ago()).await;
+    env.wait_accounts(1).await;
+    let paid = api.claim_to_end("orphan", "orphan-key").await;
+    assert_eq!(paid.status, 201, "{:?}", paid.body);
+    let unpublished = "SELECT count(*) FROM payout_outbox WHERE published_at IS NULL";
+    env.wait_count(unpublished, 0).await;
+    w1.kill();
+    // As if it had died after its commit, before the relay marked the payout published.
+    sqlx::query("UPDATE payout_outbox SET published_at = NULL")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let _w2 = env.serve("worker", &[]).await;
+    env.wait_count(unpublished, 0).await;
+    let id = paid.body["payout_id"].as_str().unwrap().to_owned();
+    let published = env.read_topic_until("interest-payouts", |records| {
+        records.iter().filter(|r| r.1["payout_id"] == id.as_str()).count() >= 2
+    });
+    let copies = published.iter().filter(|r| r.1["payout_id"] == id.as_str()).count();
+    assert_eq!(copies, 2, "published by the dead worker, and again by the next owner");
+    env.drop_db().await;
+}

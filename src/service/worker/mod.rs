@@ -11,7 +11,7 @@
 
 mod batch;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -139,13 +139,15 @@ impl Worker {
             .subscribe(&[&self.settings.topic(self.stream.topic())])
             .context("subscribing")?;
         let mut owned: HashMap<(String, i32), Owned> = HashMap::new();
+        // Assigned by the group (owned or not yet touched): what the relay sweeps.
+        let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut last_lag = Instant::now();
         let started = Instant::now();
         let owner = format!("{}-{}", hostname(), std::process::id());
         tracing::info!(event = "worker_started", owner, "worker started");
         while !shutdown.is_cancelled() {
             let mut batch = self.collect(&consumer, &shutdown).await;
-            self.absorb_rebalances(&log, &mut owned, &mut batch);
+            self.absorb_rebalances(&log, &mut owned, &mut assigned, &mut batch);
             if !batch.is_empty() {
                 self.apply_with_retry(&consumer, &mut owned, batch, &owner, &shutdown)
                     .await;
@@ -194,27 +196,40 @@ impl Worker {
 
     /// Forgets revoked partitions (their unapplied messages are dropped: the
     /// next owner reads them from the offset stored in PostgreSQL).
+    /// Applies the group's assignments and revocations. A newly assigned
+    /// claims partition is swept at once: a previous owner may have committed
+    /// payouts it never published, and no claim may ever arrive on it again
+    /// to make this worker own it (it is owned lazily, on first use).
     fn absorb_rebalances(
         &self,
         log: &Mutex<RebalanceLog>,
         owned: &mut HashMap<(String, i32), Owned>,
+        assigned: &mut BTreeSet<(String, i32)>,
         batch: &mut Vec<OwnedMessage>,
     ) {
         let mut log = log.lock().expect("rebalance log");
         for tp in log.revoked.drain(..) {
             owned.remove(&tp);
+            assigned.remove(&tp);
             batch.retain(|m| !(m.topic() == tp.0 && m.partition() == tp.1));
             tracing::info!(event = "partition_revoked", topic = tp.0, partition = tp.1);
         }
+        let mut fresh = Vec::new();
         for tp in log.assigned.drain(..) {
             // Re-own on first use: the epoch is bumped then.
             owned.remove(&tp);
             tracing::info!(event = "partition_assigned", topic = tp.0, partition = tp.1);
+            fresh.push(tp.1);
+            assigned.insert(tp);
         }
         let mut status = self.status.lock().expect("status");
         status.joined[self.stream as usize] |= log.joined;
         if self.stream == Stream::Claims {
-            status.claim_partitions = owned.keys().map(|(_, p)| *p).collect();
+            status.claim_partitions = assigned.iter().map(|(_, p)| *p).collect();
+            // A full relay queue is fine: the periodic sweep covers every assigned partition.
+            if !fresh.is_empty() {
+                let _ = self.relay.try_send(RelayWork::Sweep(fresh));
+            }
         }
     }
 
