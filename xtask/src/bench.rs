@@ -76,7 +76,7 @@ pub async fn spike(o: SpikeOptions) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let (_broker, brokers) = broker_for(o.shared_broker, &o.brokers).await?;
     let mut stack = Stack::create(
-        "interest_now_bench",
+        &crate::stack::run_name("interest_now_bench"),
         &o.admin_db_url,
         &brokers,
         o.partitions,
@@ -321,7 +321,7 @@ pub async fn ingest(o: IngestOptions) -> anyhow::Result<serde_json::Value> {
     for workers in 1..=o.max_workers {
         let (_broker, brokers) = broker_for(o.shared_broker, &o.brokers).await?;
         let mut stack = Stack::create(
-            "interest_now_ingest",
+            &crate::stack::run_name("interest_now_ingest"),
             &o.admin_db_url,
             &brokers,
             o.partitions,

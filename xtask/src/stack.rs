@@ -85,23 +85,28 @@ pub struct Stack {
     pub apis: Vec<SocketAddr>,
 }
 
+/// `base` plus this process's id: a benchmark's database and topic names.
+pub fn run_name(base: &str) -> String {
+    format!("{base}_{}", std::process::id())
+}
+
 impl Stack {
-    /// A fresh database and fresh topics, named `name` plus this process's
-    /// id, so two runs at once (a developer's benchmark and CI's small one)
-    /// never share or drop each other's database.
+    /// A fresh database `name` (dropped first if present) and fresh topics.
+    /// Benchmarks pass a name with their process id ([`run_name`]), so two runs
+    /// at once never drop each other's database; the demo keeps one name, so
+    /// its next run replaces the database it left to explore.
     pub async fn create(
-        base_name: &str,
+        name: &str,
         admin_db_url: &str,
         brokers: &str,
         partitions: i32,
         plans_json: &str,
     ) -> anyhow::Result<Stack> {
-        let name = format!("{base_name}_{}", std::process::id());
         let spec = Spec {
             product: product()?,
             admin_db_url: admin_db_url.to_owned(),
             brokers: brokers.to_owned(),
-            name: name.clone(),
+            name: name.to_owned(),
             partitions,
             plans_json: plans_json.to_owned(),
             tokens: vec![TOKEN.to_owned()],
