@@ -13,7 +13,8 @@ pub struct Settings {
     pub kafka_topic_prefix: String,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub api_tokens: Vec<SecretString>,
+    /// The API's clients: each token and the identity its idempotency keys are scoped to.
+    pub api_tokens: Vec<ApiClient>,
     pub default_plan: Option<String>,
     pub claims_per_day: u32,
     pub claim_wait_ms: u64,
@@ -31,7 +32,97 @@ pub struct Settings {
     /// Seconds between two reloads of the rate plans; below the import lead
     /// (`store::PLAN_LEAD_SECS`, 60 s) so a rate change reaches every process first.
     pub plan_reload_secs: u64,
+    /// How long an idempotency key's answer is kept and replayed; a key used
+    /// again after this is a new request (SPEC §5).
+    pub idempotency_key_ttl: std::time::Duration,
 }
+
+/// One API client: its token and the identity behind it.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    /// Stable, not secret: the scope of the client's idempotency keys. A named
+    /// entry's name; for a plain token `token-` and the first 16 hex digits of
+    /// its SHA-256 (so reordering the list changes no client's scope).
+    pub client_id: String,
+    pub token: SecretString,
+}
+
+/// `API_TOKENS`: comma-separated entries, each a plain token (its own client)
+/// or `name:token` (the client `name`, 1–64 of `[A-Za-z0-9._-]`). A token
+/// holding `:` must be given in the named form.
+pub fn parse_api_tokens(raw: &str) -> Result<Vec<ApiClient>, ConfigError> {
+    let mut clients: Vec<ApiClient> = Vec::new();
+    for entry in raw.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let client = match entry.split_once(':') {
+            Some((name, token)) => {
+                let name_ok = (1..=64).contains(&name.len())
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !name_ok || token.is_empty() {
+                    return Err(ConfigError(
+                        "API_TOKENS: a named entry is name:token with a name of 1-64 [A-Za-z0-9._-]".into(),
+                    ));
+                }
+                ApiClient {
+                    client_id: name.to_owned(),
+                    token: SecretString::from(token.to_owned()),
+                }
+            }
+            None => ApiClient {
+                client_id: plain_client_id(entry),
+                token: SecretString::from(entry.to_owned()),
+            },
+        };
+        if clients.iter().any(|c| c.client_id == client.client_id) {
+            return Err(ConfigError(format!(
+                "API_TOKENS names the client {:?} twice",
+                client.client_id
+            )));
+        }
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+fn plain_client_id(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("token-{hex}")
+}
+
+/// A duration setting: a whole number and a unit, `s`, `m`, `h` or `d`
+/// (`7d`, `36h`, `90s`); at least one second.
+pub fn parse_duration(name: &str, raw: &str) -> Result<std::time::Duration, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "{name}={raw:?} is malformed: a whole number and s, m, h or d, like 7d"
+        ))
+    };
+    let split = raw.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = raw.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let per: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n
+        .checked_mul(per)
+        .filter(|s| (1..=3_650 * 86_400).contains(s))
+        .ok_or_else(|| ConfigError(format!("{name}={raw:?} must be between 1s and 3650d")))?;
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn duration_setting(name: &str, default: std::time::Duration) -> Result<std::time::Duration, ConfigError> {
+    match var(name)? {
+        None => Ok(default),
+        Some(v) => parse_duration(name, &v),
+    }
+}
+
+pub const IDEMPOTENCY_KEY_TTL_DEFAULT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// A configuration problem, as one line.
 #[derive(Debug, thiserror::Error)]
@@ -65,15 +156,10 @@ impl Settings {
         if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
             return Err(ConfigError("DATABASE_URL must be a postgres:// URL".into()));
         }
-        let api_tokens: Vec<SecretString> = var("API_TOKENS")?
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(|t| SecretString::from(t.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let api_tokens = match var("API_TOKENS")? {
+            Some(v) => parse_api_tokens(&v)?,
+            None => Vec::new(),
+        };
         let claims_per_day: u32 = parsed("CLAIMS_PER_DAY", 1)?;
         if claims_per_day == 0 {
             return Err(ConfigError("CLAIMS_PER_DAY must be at least 1".into()));
@@ -128,6 +214,7 @@ impl Settings {
             http_connections_max,
             http_requests_in_flight_max,
             plan_reload_secs,
+            idempotency_key_ttl: duration_setting("IDEMPOTENCY_KEY_TTL", IDEMPOTENCY_KEY_TTL_DEFAULT)?,
         })
     }
 
@@ -159,5 +246,48 @@ impl Clock {
 
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         chrono::Utc::now() + self.offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_api_tokens, parse_duration};
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn durations_take_a_number_and_a_unit() {
+        assert_eq!(parse_duration("T", "7d").unwrap().as_secs(), 7 * 86_400);
+        assert_eq!(parse_duration("T", "36h").unwrap().as_secs(), 36 * 3_600);
+        assert_eq!(parse_duration("T", "90s").unwrap().as_secs(), 90);
+        for bad in [
+            "",
+            "7",
+            "d",
+            "0s",
+            "-1d",
+            "1.5h",
+            "7 d",
+            "7D",
+            "1w",
+            "99999999999999999999d",
+            "3651d",
+        ] {
+            let e = parse_duration("T", bad).unwrap_err().to_string();
+            assert!(e.starts_with("configuration: T=") && !e.contains('\n'), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn api_tokens_are_plain_or_named_and_each_its_own_client() {
+        let c = parse_api_tokens("tok-a, backend:tok-b ,tok-c").unwrap();
+        let ids: Vec<&str> = c.iter().map(|c| c.client_id.as_str()).collect();
+        assert_eq!(ids[1], "backend");
+        assert!(ids[0].starts_with("token-") && ids[2].starts_with("token-") && ids[0] != ids[2]);
+        assert_eq!(c[1].token.expose_secret(), "tok-b");
+        // The plain form's identity does not depend on the order of the list.
+        assert_eq!(parse_api_tokens("tok-c,tok-a").unwrap()[1].client_id, ids[0]);
+        for bad in ["a:", ":tok", "bad name:tok", "x:1,x:2", "tok,tok"] {
+            assert!(parse_api_tokens(bad).is_err(), "{bad:?}");
+        }
     }
 }

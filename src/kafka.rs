@@ -23,6 +23,10 @@ pub const PAYOUTS: &str = "interest-payouts";
 pub enum ClaimMessage {
     Claim {
         claim_id: Uuid,
+        /// The client whose idempotency key this is; empty in messages from
+        /// before keys were scoped per client.
+        #[serde(default)]
+        client_id: String,
         account_id: String,
         idempotency_key: String,
         /// The one clock reading taken when the API accepted the claim.

@@ -148,6 +148,8 @@ impl Simulator {
         self.advance(at);
         let claim = Claim {
             claim_id: Uuid::from_u128(n as u128),
+            // One client: the script is one bank backend's traffic.
+            client: String::new(),
             account_id,
             key,
             accepted_at: at,

@@ -5,19 +5,20 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
-use super::answer::{ClaimAnswer, KeyRecord};
+use super::answer::{ClaimAnswer, KeyRecord, KeyState, KeyWrite, ScopedKey};
 use crate::money::{
     Account, AccountId, Currency, IdempotencyKey, ParseError, Payout, Plans, Point, Snapshot, SnapshotOutcome,
 };
 use crate::wire::PayoutJson;
 
-/// What the caller loaded: the batch's accounts and the stored first answer
-/// of each idempotency key the batch names. `decide` updates both as it goes,
-/// so a later message of the batch sees what an earlier one did.
+/// What the caller loaded: the batch's accounts and the stored state of each
+/// idempotency key the batch names (absent: never seen, or expired). `decide`
+/// updates both as it goes, so a later message of the batch sees what an
+/// earlier one did.
 #[derive(Debug, Default)]
 pub struct State {
     pub accounts: HashMap<String, Account>,
-    pub keys: HashMap<String, KeyRecord>,
+    pub keys: HashMap<ScopedKey, KeyState>,
 }
 
 /// What the rules need besides the state: the plans, the wall clock reading
@@ -57,6 +58,8 @@ pub enum Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub claim_id: Uuid,
+    /// The client whose idempotency key this is (the identity behind its token).
+    pub client: String,
     pub account_id: AccountId,
     pub key: IdempotencyKey,
     /// The API's one clock reading: it fixes the business date.
@@ -70,8 +73,9 @@ pub struct ClaimDecision {
     pub answer: ClaimAnswer,
     /// The claim whose answer this replays.
     pub replay_of: Option<Uuid>,
-    /// The key's first answer: to be recorded for the key.
-    pub first_for_key: bool,
+    /// What to record for the key: its answer, or its release; `None` for a
+    /// replay, a key reuse or a withdrawn claim (the key's row stays as it is).
+    pub key_write: Option<KeyWrite>,
     /// Set when this claim made a payout (not on a replay).
     pub payout_id: Option<String>,
 }
@@ -195,10 +199,11 @@ fn snapshot(
     Ok(outcome)
 }
 
-/// The answer rules, in order: a known key replays its first answer (same
-/// account) or is refused (another account); an unknown account is refused;
-/// otherwise the account pays or refuses. Every answer but a key reuse
-/// becomes the key's first answer.
+/// The answer rules, in order: a key with an answer replays it (same account)
+/// or is refused (another account); a claim the key was released from, or
+/// whose key is held for another claim, was withdrawn and is not applied; an
+/// unknown account is refused (and the key released); otherwise the account
+/// pays or refuses, and that answer becomes the key's.
 fn claim(
     state: &mut State,
     fx: &mut Effects,
@@ -209,17 +214,28 @@ fn claim(
 ) -> ClaimDecision {
     let mut decision = ClaimDecision {
         claim: c.clone(),
-        answer: ClaimAnswer::KeyReused,
+        answer: ClaimAnswer::Withdrawn,
         replay_of: None,
-        first_for_key: false,
+        key_write: None,
         payout_id: None,
     };
-    if let Some(first) = state.keys.get(c.key.as_str()) {
-        if first.account_id == c.account_id {
-            decision.answer = first.answer.clone();
-            decision.replay_of = Some(first.claim_id);
+    let scoped = ScopedKey {
+        client: c.client.clone(),
+        key: c.key.as_str().to_owned(),
+    };
+    match state.keys.get(&scoped) {
+        Some(KeyState::Answered(first)) => {
+            decision.answer = if first.account_id == c.account_id {
+                decision.replay_of = Some(first.claim_id);
+                first.answer.clone()
+            } else {
+                ClaimAnswer::KeyReused
+            };
+            return decision;
         }
-        return decision;
+        Some(KeyState::Held { claim_id }) if *claim_id != c.claim_id => return decision,
+        Some(KeyState::Released { claim_id }) if *claim_id == c.claim_id => return decision,
+        Some(KeyState::Held { .. } | KeyState::Released { .. }) | None => {}
     }
     decision.answer = match state.accounts.get_mut(c.account_id.as_str()) {
         None => ClaimAnswer::UnknownAccount,
@@ -242,13 +258,18 @@ fn claim(
             }
         },
     };
-    decision.first_for_key = true;
-    let record = KeyRecord {
-        account_id: c.account_id.clone(),
-        claim_id: c.claim_id,
-        answer: decision.answer.clone(),
+    let next = if decision.answer == ClaimAnswer::UnknownAccount {
+        decision.key_write = Some(KeyWrite::Release);
+        KeyState::Released { claim_id: c.claim_id }
+    } else {
+        decision.key_write = Some(KeyWrite::Answer);
+        KeyState::Answered(KeyRecord {
+            account_id: c.account_id.clone(),
+            claim_id: c.claim_id,
+            answer: decision.answer.clone(),
+        })
     };
-    state.keys.insert(c.key.as_str().to_owned(), record);
+    state.keys.insert(scoped, next);
     decision
 }
 

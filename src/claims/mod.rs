@@ -13,7 +13,7 @@
 pub mod answer;
 pub mod decide;
 
-pub use answer::{Answered, ClaimAnswer, KeyRecord};
+pub use answer::{Answered, ClaimAnswer, KeyRecord, KeyState, KeyWrite, ScopedKey};
 pub use decide::{
     decide, Claim, ClaimDecision, Context, DeadLetter, Effects, Input, Message, NewPoint, PaidOut, State,
 };

@@ -35,10 +35,26 @@ fn snap(account: &str, seq: u64, balance: &str, at: DateTime<Utc>) -> Message {
 fn claim(n: u128, account: &str, key: &str, at: DateTime<Utc>) -> Message {
     Message::Claim(Claim {
         claim_id: Uuid::from_u128(n),
+        client: "bank-app".into(),
         account_id: AccountId::try_from(account).unwrap(),
         key: IdempotencyKey::try_from(key).unwrap(),
         accepted_at: at,
     })
+}
+
+fn scoped(key: &str) -> ScopedKey {
+    ScopedKey {
+        client: "bank-app".into(),
+        key: key.into(),
+    }
+}
+
+/// The key's recorded first answer.
+fn first(state: &State, key: &str) -> KeyRecord {
+    match &state.keys[&scoped(key)] {
+        KeyState::Answered(r) => r.clone(),
+        other => panic!("{key}: {other:?}"),
+    }
 }
 
 fn settle(account: &str, date: NaiveDate, run_at: DateTime<Utc>) -> Message {
@@ -93,8 +109,8 @@ fn a_claim_with_interest_is_paid_and_recorded_for_its_key() {
     assert_eq!((body.payout_id.as_str(), body.account_id.as_str()), ("p1", "alice"));
     assert_eq!(body.kind, "claim");
     assert_eq!(
-        (d.first_for_key, d.replay_of, d.payout_id.as_deref()),
-        (true, None, Some("p1"))
+        (d.key_write, d.replay_of, d.payout_id.as_deref()),
+        (Some(KeyWrite::Answer), None, Some("p1"))
     );
     assert_eq!(fx.payouts.len(), 1);
     let p = &fx.payouts[0];
@@ -105,17 +121,77 @@ fn a_claim_with_interest_is_paid_and_recorded_for_its_key() {
     assert_eq!(p.payout.kind, PayoutKind::Claim);
     assert_eq!(p.body, **body, "the outbox carries what the customer is shown");
     assert!(fx.touched.contains("alice"));
-    assert_eq!(state.keys["k1"].answer, d.answer);
+    assert_eq!(first(&state, "k1").answer, d.answer);
 }
 
 #[test]
-fn an_unknown_account_is_refused_and_recorded() {
+fn an_unknown_account_is_refused_and_its_key_released_for_a_later_claim() {
     let mut state = State::default();
     let fx = run(&mut state, vec![claim(1, "nobody", "k1", t0())]);
     assert_eq!(answers(&fx), [&ClaimAnswer::UnknownAccount]);
-    assert!(fx.claims[0].first_for_key);
+    assert_eq!(fx.claims[0].key_write, Some(KeyWrite::Release));
     assert!(fx.payouts.is_empty() && fx.touched.is_empty());
-    assert_eq!(state.keys["k1"].answer, ClaimAnswer::UnknownAccount);
+    assert_eq!(
+        state.keys[&scoped("k1")],
+        KeyState::Released {
+            claim_id: Uuid::from_u128(1)
+        }
+    );
+    // The account's first snapshot arrives; the same key is a new claim, and pays.
+    run(&mut state, vec![snap("nobody", 1, "100000000", t0())]);
+    let fx = run(&mut state, vec![claim(2, "nobody", "k1", t0() + Duration::days(1))]);
+    assert!(
+        matches!(fx.claims[0].answer, ClaimAnswer::Paid(_)),
+        "{:?}",
+        fx.claims[0]
+    );
+    assert_eq!(fx.claims[0].replay_of, None);
+}
+
+#[test]
+fn a_withdrawn_or_superseded_claim_is_never_applied() {
+    let at = t0() + Duration::days(1);
+    // The API withdrew claim 1 (503 after an ambiguous delivery).
+    let mut state = funded();
+    state.keys.insert(
+        scoped("k"),
+        KeyState::Released {
+            claim_id: Uuid::from_u128(1),
+        },
+    );
+    let fx = run(&mut state, vec![claim(1, "alice", "k", at)]);
+    assert_eq!(answers(&fx), [&ClaimAnswer::Withdrawn]);
+    assert_eq!((fx.claims[0].key_write, fx.payouts.len()), (None, 0));
+    // A retry took the key over as claim 2: claim 1 arriving late is not applied, claim 2 pays.
+    state.keys.insert(
+        scoped("k"),
+        KeyState::Held {
+            claim_id: Uuid::from_u128(2),
+        },
+    );
+    let fx = run(&mut state, vec![claim(1, "alice", "k", at), claim(2, "alice", "k", at)]);
+    assert_eq!(fx.claims[0].answer, ClaimAnswer::Withdrawn);
+    assert!(matches!(fx.claims[1].answer, ClaimAnswer::Paid(_)));
+    assert_eq!(fx.payouts.len(), 1);
+}
+
+#[test]
+fn keys_of_two_clients_never_meet() {
+    let mut state = funded();
+    run(&mut state, vec![snap("bob", 1, "100000000", t0())]);
+    let at = t0() + Duration::days(1);
+    let mut other = claim(2, "bob", "k", at);
+    if let Message::Claim(c) = &mut other {
+        c.client = "partner".into();
+    }
+    let fx = run(&mut state, vec![claim(1, "alice", "k", at), other]);
+    assert!(matches!(fx.claims[0].answer, ClaimAnswer::Paid(_)));
+    assert!(
+        matches!(fx.claims[1].answer, ClaimAnswer::Paid(_)),
+        "another client's same key is its own: {:?}",
+        fx.claims[1].answer
+    );
+    assert_eq!(fx.payouts.len(), 2);
 }
 
 #[test]
@@ -143,7 +219,11 @@ fn a_second_claim_the_same_day_is_refused_until_midnight_kst() {
         fx.claims[1].answer,
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at: next })
     );
-    assert!(fx.claims[1].first_for_key, "a refusal is the key's answer too");
+    assert_eq!(
+        fx.claims[1].key_write,
+        Some(KeyWrite::Answer),
+        "a refusal is the key's answer too"
+    );
     assert_eq!(fx.payouts.len(), 1);
 }
 
@@ -154,23 +234,22 @@ fn the_same_key_for_another_account_is_reused_and_not_recorded() {
     let at = t0() + Duration::days(1);
     let fx = run(&mut state, vec![claim(1, "alice", "k1", at), claim(2, "bob", "k1", at)]);
     assert_eq!(fx.claims[1].answer, ClaimAnswer::KeyReused);
-    assert_eq!((fx.claims[1].first_for_key, fx.claims[1].replay_of), (false, None));
+    assert_eq!((fx.claims[1].key_write, fx.claims[1].replay_of), (None, None));
     assert_eq!(fx.payouts.len(), 1, "bob is not paid");
     assert_eq!(
-        state.keys["k1"].claim_id,
+        first(&state, "k1").claim_id,
         Uuid::from_u128(1),
         "the key keeps its first answer"
     );
 }
 
-/// Every first answer kind, then the same key again (in the next batch):
+/// Every kept first answer, then the same key again (in the next batch):
 /// the same answer, marked as a replay of the first claim, with no effect.
 #[test]
 fn every_answer_replays_exactly() {
     let day = t0() + Duration::days(1);
     let cases: Vec<(&str, Vec<Message>)> = vec![
         ("paid", vec![]),
-        ("unknown", vec![]),
         ("nothing", vec![]),
         ("already", vec![claim(90, "alice", "other", day)]),
     ];
@@ -178,7 +257,6 @@ fn every_answer_replays_exactly() {
         let mut state = funded();
         run(&mut state, before);
         let (account, at) = match case {
-            "unknown" => ("nobody", day),
             "nothing" => ("alice", t0()),
             _ => ("alice", day),
         };
@@ -187,7 +265,7 @@ fn every_answer_replays_exactly() {
         let d = &again.claims[0];
         assert_eq!(d.answer, first.claims[0].answer, "{case}");
         assert_eq!(d.replay_of, Some(Uuid::from_u128(1)), "{case}");
-        assert!(!d.first_for_key && d.payout_id.is_none(), "{case}");
+        assert!(d.key_write.is_none() && d.payout_id.is_none(), "{case}");
         assert!(again.payouts.is_empty() && again.touched.is_empty(), "{case}");
     }
 }
@@ -197,12 +275,12 @@ fn a_replay_comes_from_the_loaded_key_records() {
     let mut state = funded();
     let stored = ClaimAnswer::Refused(Refusal::NothingToClaim);
     state.keys.insert(
-        "k".into(),
-        KeyRecord {
+        scoped("k"),
+        KeyState::Answered(KeyRecord {
             account_id: AccountId::try_from("alice").unwrap(),
             claim_id: Uuid::from_u128(77),
             answer: stored.clone(),
-        },
+        }),
     );
     let fx = run(&mut state, vec![claim(1, "alice", "k", t0() + Duration::days(9))]);
     assert_eq!(fx.claims[0].answer, stored);
@@ -352,6 +430,7 @@ fn batch_boundaries_do_not_change_answers_or_effects() {
             (ClaimAnswer::UnknownAccount, _) => "unknown",
             (ClaimAnswer::Refused(Refusal::NothingToClaim), _) => "nothing",
             (ClaimAnswer::Refused(_), _) => "already",
+            (ClaimAnswer::Withdrawn, _) => "withdrawn",
         })
         .collect();
     for kind in ["replay", "paid", "reused", "unknown", "already"] {
@@ -370,6 +449,7 @@ fn the_answer_travels_as_json_unchanged() {
         ClaimAnswer::UnknownAccount,
         ClaimAnswer::Refused(Refusal::NothingToClaim),
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at }),
+        ClaimAnswer::Withdrawn,
     ];
     for answer in all {
         let a = Answered {
@@ -394,6 +474,7 @@ fn the_stored_http_form_reads_back_as_the_same_answer() {
         ClaimAnswer::UnknownAccount,
         ClaimAnswer::Refused(Refusal::NothingToClaim),
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at: t0() }),
+        ClaimAnswer::Withdrawn,
     ];
     for answer in all {
         let status = crate::service::api::claim_status(&answer) as i16;

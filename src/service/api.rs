@@ -3,13 +3,13 @@
 //! owning worker's answer (PostgreSQL NOTIFY) up to `CLAIM_WAIT_MS` → 201 or
 //! the stored problem, else 202 with `Location`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,11 +25,11 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, Semaphore};
 use uuid::Uuid;
 
-use crate::claims::{Answered, ClaimAnswer};
-use crate::config::{Clock, Settings};
+use crate::claims::{Answered, ClaimAnswer, ScopedKey};
+use crate::config::{ApiClient, Clock, Settings};
 use crate::kafka::{self, ClaimMessage};
 use crate::money::types::{business_date, format_instant, parse_instant};
-use crate::money::{Account, AccountId, IdempotencyKey, Plans, Refusal};
+use crate::money::{Account, AccountId, Plans, Refusal};
 use crate::service::plans;
 use crate::service::problem::problem;
 use crate::service::request;
@@ -42,16 +42,38 @@ pub use crate::service::request::REQUEST_BODY_BYTES_MAX;
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_SECS: &str = "1";
 
+/// The API's database pools, apart so that what must never starve does not
+/// wait behind what may: at midnight the `GET` polls of a backlog cannot take
+/// the connections that answer claims, and neither can take the health probe's.
+pub struct ApiPools {
+    /// The claim path: reserve a key, queue or withdraw a claim, read an answer,
+    /// and the answer listener's session.
+    pub claims: PgPool,
+    /// `GET` routes. At most [`READS_IN_FLIGHT_MAX`] of them wait for it at once;
+    /// past that they are answered 503 `overloaded` at once.
+    pub reads: PgPool,
+    /// The database watch: whether the database can be reached at all.
+    pub health: PgPool,
+}
+
+/// Connections of each API pool.
+pub const CLAIM_POOL_SIZE: u32 = 16;
+pub const READ_POOL_SIZE: u32 = 8;
+/// `GET` requests holding or waiting for a read connection at once, at most.
+pub const READS_IN_FLIGHT_MAX: usize = 256;
+
 pub struct ApiInner {
     pub settings: Settings,
+    pub pools: ApiPools,
+    /// Rate plans are read on demand from here (the process's shared pool).
     pub pool: PgPool,
+    pub reads_in_flight: Arc<Semaphore>,
     pub producer: Arc<kafka::ResilientProducer>,
     pub plans: Arc<RwLock<Arc<Plans>>>,
     pub clock: Clock,
     pub metrics: Metrics,
     pub waiters: Mutex<HashMap<Uuid, oneshot::Sender<Answered>>>,
     pub in_flight: Arc<Semaphore>,
-    pub keys_in_flight: Mutex<HashSet<String>>,
     pub db_healthy: AtomicBool,
     pub accepting: AtomicBool,
 }
@@ -106,16 +128,22 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    let ok = presented.is_some_and(|p| token_matches(&state.settings.api_tokens, p));
-    if !ok {
+    let client = presented.and_then(|p| token_client(&state.settings.api_tokens, p));
+    let Some(client) = client else {
         state.metrics.claims_total.with_label_values(&["unauthorized"]).inc();
         let mut resp = problem_response("unauthorized", 401, "a valid bearer token is required");
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
-    }
+    };
+    let mut req = req;
+    req.extensions_mut().insert(ClientId(client.client_id.clone()));
     next.run(req).await
 }
+
+/// The identity behind the request's token: the scope of its idempotency keys.
+#[derive(Debug, Clone)]
+pub struct ClientId(pub String);
 
 /// The token of `Authorization: Bearer <token>`, the scheme in any case; `None`
 /// for another scheme or an empty token.
@@ -125,15 +153,15 @@ fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Whether `presented` is one of `configured`: digests compared in constant
-/// time, over every configured token.
-fn token_matches(configured: &[secrecy::SecretString], presented: &str) -> bool {
+/// The client whose token `presented` is: digests compared in constant
+/// time, with every configured token, before the one that matched is picked.
+fn token_client<'a>(configured: &'a [ApiClient], presented: &str) -> Option<&'a ApiClient> {
     let digest = Sha256::digest(presented.as_bytes());
-    configured
+    let matches: Vec<bool> = configured
         .iter()
-        .map(|t| Sha256::digest(t.expose_secret().as_bytes()).ct_eq(&digest))
-        .fold(subtle::Choice::from(0), |acc, eq| acc | eq)
-        .into()
+        .map(|c| Sha256::digest(c.token.expose_secret().as_bytes()).ct_eq(&digest).into())
+        .collect();
+    configured.iter().zip(matches).find_map(|(c, m)| m.then_some(c))
 }
 
 #[allow(clippy::result_large_err)] // a ready response, built once on the error path
@@ -155,9 +183,12 @@ async fn get_interest(State(state): State<ApiState>, raw: RawPath) -> Response {
         Ok(id) => id,
         Err(r) => return r,
     };
+    let Ok(_permit) = state.reads_in_flight.clone().try_acquire_owned() else {
+        return problem_response("overloaded", 503, "too many reads in flight");
+    };
     let now = state.clock.now();
     let loaded = async {
-        let mut conn = state.pool.acquire().await?;
+        let mut conn = state.pools.reads.acquire().await?;
         store::load_accounts(&mut conn, &[id.to_string()], now, false).await
     }
     .await;
@@ -189,18 +220,6 @@ async fn interest_view(state: &ApiInner, acc: &Account, now: DateTime<Utc>) -> R
     }
 }
 
-/// Removes the key from the in-flight set when the request ends, however it ends.
-struct KeyGuard<'a> {
-    state: &'a ApiInner,
-    key: String,
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        self.state.keys_in_flight.lock().expect("keys").remove(&self.key);
-    }
-}
-
 /// A body over the limit is not read whole; the parser is shown this
 /// stand-in, one byte over the limit, and refuses it for its size.
 static OVERSIZE_BODY: [u8; REQUEST_BODY_BYTES_MAX + 1] = [b' '; REQUEST_BODY_BYTES_MAX + 1];
@@ -223,10 +242,16 @@ async fn check_request(raw: &str, headers: &HeaderMap, body: Body) -> Result<req
     .map_err(|r| refuse(r.code, r.status, r.detail))
 }
 
-async fn post_claim(State(state): State<ApiState>, raw: RawPath, headers: HeaderMap, body: Body) -> Response {
+async fn post_claim(
+    State(state): State<ApiState>,
+    Extension(client): Extension<ClientId>,
+    raw: RawPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let raw = path_text(raw);
     let started = Instant::now();
-    let resp = claim(&state, &raw, &headers, body).await;
+    let resp = claim(&state, client, &raw, &headers, body).await;
     let outcome = match resp.status().as_u16() {
         201 => "paid",
         202 => "accepted",
@@ -251,7 +276,22 @@ fn refuse(code: &'static str, status: u16, detail: impl Into<String>) -> Respons
     r
 }
 
-async fn claim(state: &ApiInner, raw: &str, headers: &HeaderMap, body: Body) -> Response {
+/// Time left after the claim's wait for the steps that settle its answer
+/// (queue it for a 202, or withdraw it), inside the request timeout's margin.
+const SETTLE_STEP: Duration = Duration::from_millis(400);
+
+/// One claim in flight in this process: what the request settles on.
+struct Pending<'a> {
+    state: &'a ApiInner,
+    key: ScopedKey,
+    account: AccountId,
+    claim_id: Uuid,
+    accepted_at: DateTime<Utc>,
+    /// The end of the claim's wait (`CLAIM_WAIT_MS` after the request began).
+    deadline: tokio::time::Instant,
+}
+
+async fn claim(state: &ApiInner, client: ClientId, raw: &str, headers: &HeaderMap, body: Body) -> Response {
     let request::ClaimRequest { account, key } = match check_request(raw, headers, body).await {
         Ok(r) => r,
         Err(r) => return r,
@@ -262,30 +302,101 @@ async fn claim(state: &ApiInner, raw: &str, headers: &HeaderMap, body: Body) -> 
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return refuse("overloaded", 503, "too many claims in flight");
     };
-    if !state
-        .keys_in_flight
-        .lock()
-        .expect("keys")
-        .insert(key.as_str().to_owned())
-    {
-        return refuse(
-            "claim_in_progress",
-            409,
-            "a request with this Idempotency-Key is still in flight",
-        );
-    }
-    let _guard = KeyGuard {
+    let claim = Pending {
         state,
-        key: key.as_str().to_owned(),
+        key: ScopedKey {
+            client: client.0,
+            key: key.as_str().to_owned(),
+        },
+        account,
+        // The claim's instant: one clock reading, here, whatever happens later.
+        accepted_at: state.clock.now(),
+        claim_id: Uuid::now_v7(),
+        deadline: tokio::time::Instant::now() + Duration::from_millis(state.settings.claim_wait_ms),
     };
-    // The claim's instant: one clock reading, here, whatever happens later.
-    let accepted_at = state.clock.now();
-    let claim_id = Uuid::now_v7();
-    let (tx, rx) = oneshot::channel();
-    state.waiters.lock().expect("waiters").insert(claim_id, tx);
-    // Removed however the request ends, also when the request timeout drops it.
-    let _waiter = WaiterGuard { state, claim_id };
-    wait_for_answer(state, claim_id, &account, &key, accepted_at, rx).await
+    match reserve(&claim).await {
+        Ok(()) => claim.queue_and_wait().await,
+        Err(resp) => resp,
+    }
+}
+
+/// Reserves the key for this claim (across every API process), or answers
+/// from the row that holds it: its stored answer, its 202, or 409 while
+/// another request still holds it. Nothing is produced unless reserved.
+async fn reserve(c: &Pending<'_>) -> Result<(), Response> {
+    let ttl = c.state.settings.idempotency_key_ttl;
+    let stale_ms = (c.state.settings.claim_wait_ms + 3_000) as i64;
+    for _ in 0..3 {
+        let attempt = store::reserve_key(
+            &c.state.pools.claims,
+            &c.key,
+            c.account.as_str(),
+            c.claim_id,
+            c.accepted_at,
+            ttl,
+        );
+        let held = match tokio::time::timeout_at(c.deadline, attempt).await {
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(held))) => held,
+            Ok(Err(e)) => {
+                tracing::warn!(event = "key_not_reserved", error = format!("{e:#}"));
+                return Err(refuse(
+                    "unavailable",
+                    503,
+                    "the claim was not accepted; retry with the same Idempotency-Key",
+                ));
+            }
+            Err(_) => return Err(refuse("overloaded", 503, "the claim was not accepted in time; retry")),
+        };
+        let Some(held) = held else { continue };
+        if held.stored.account_id != c.account.as_str() {
+            return Err(answer(&key_reused(held.stored.claim_id), &c.account));
+        }
+        match held.stored.state.as_str() {
+            "answered" => return Err(replay(&held.stored)),
+            "queued" => return Err(accepted_response(held.stored.claim_id, &c.account, held.accepted_at)),
+            // The request that reserved it ended without settling (its process died): withdraw it, then retry.
+            "pending" if held.age_ms > stale_ms => {
+                let _ = store::release_key(&c.state.pools.claims, &c.key, held.stored.claim_id).await;
+            }
+            "pending" => {
+                return Err(refuse(
+                    "claim_in_progress",
+                    409,
+                    "a request with this Idempotency-Key is still in flight",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Err(refuse(
+        "unavailable",
+        503,
+        "the claim was not accepted; retry with the same Idempotency-Key",
+    ))
+}
+
+fn key_reused(claim_id: Uuid) -> Answered {
+    Answered {
+        claim_id,
+        replayed: false,
+        answer: ClaimAnswer::KeyReused,
+    }
+}
+
+/// The key's stored answer, replayed as it was given.
+fn replay(stored: &store::StoredKey) -> Response {
+    let (Some(status), Some(body)) = (stored.status, stored.body.clone()) else {
+        return refuse("unavailable", 503, "the stored answer could not be read; retry");
+    };
+    let mut resp = json_response(status as u16, body, true);
+    if let Some(label) = claim_from_stored(status, stored.body.as_ref().unwrap_or(&Value::Null))
+        .as_ref()
+        .and_then(outcome_label)
+    {
+        resp.extensions_mut().insert(Outcome(label));
+    }
+    resp
 }
 
 /// Removes the claim's waiter when the request ends, however it ends.
@@ -300,37 +411,117 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-async fn wait_for_answer(
-    state: &ApiInner,
-    claim_id: Uuid,
-    account: &AccountId,
-    key: &IdempotencyKey,
-    accepted_at: DateTime<Utc>,
-    rx: oneshot::Receiver<Answered>,
-) -> Response {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(state.settings.claim_wait_ms);
-    let msg = ClaimMessage::Claim {
-        claim_id,
-        account_id: account.to_string(),
-        idempotency_key: key.as_str().to_owned(),
-        accepted_at,
-    };
-    let payload = serde_json::to_vec(&msg).expect("serializable");
-    let topic = state.settings.topic(kafka::CLAIMS);
-    // 202 promises the claim is durable, so nothing is answered before the
-    // broker acknowledges it. The producer's own bound (CLAIM_QUEUE_TIMEOUT)
-    // always yields a delivery report, so this never hangs.
-    if let Err(e) = state.producer.send(&topic, account.as_str(), &payload, None).await {
-        tracing::warn!(event = "claim_not_queued", error = %e);
-        return refuse(
-            "unavailable",
-            503,
-            "the claim could not be queued and was not accepted; retry with the same Idempotency-Key",
-        );
+impl Pending<'_> {
+    /// Produces the claim and waits for its answer until the deadline. A 202
+    /// promises the claim is durable, so nothing is answered before the
+    /// broker acknowledges it; an acknowledgement not had by the deadline
+    /// (refused, timed out, or merely slow) withdraws the claim before the
+    /// 503, so a 503 claim is never paid.
+    async fn queue_and_wait(&self) -> Response {
+        let (tx, rx) = oneshot::channel();
+        self.state.waiters.lock().expect("waiters").insert(self.claim_id, tx);
+        // Removed however the request ends, also when the request timeout drops it.
+        let _waiter = WaiterGuard {
+            state: self.state,
+            claim_id: self.claim_id,
+        };
+        let msg = ClaimMessage::Claim {
+            claim_id: self.claim_id,
+            client_id: self.key.client.clone(),
+            account_id: self.account.to_string(),
+            idempotency_key: self.key.key.clone(),
+            accepted_at: self.accepted_at,
+        };
+        let payload = serde_json::to_vec(&msg).expect("serializable");
+        let topic = self.state.settings.topic(kafka::CLAIMS);
+        let send = self.state.producer.send(&topic, self.account.as_str(), &payload, None);
+        match tokio::time::timeout_at(self.deadline, send).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(event = "claim_not_queued", error = %e);
+                return self.withdraw().await;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    event = "claim_not_queued",
+                    error = "no acknowledgement by the claim's deadline"
+                );
+                return self.withdraw().await;
+            }
+        }
+        match tokio::time::timeout_at(self.deadline, rx).await {
+            Ok(Ok(done)) => answer(&done, &self.account),
+            _ => self.accepted().await,
+        }
     }
-    match tokio::time::timeout_at(deadline, rx).await {
-        Ok(Ok(done)) => answer(&done, account),
-        _ => accepted(state, claim_id, account, key, accepted_at).await,
+
+    /// Withdraws the claim: the worker, which checks the key under its lock,
+    /// will not apply it. If the worker got there first, its answer is given
+    /// instead. If the database cannot be reached either, the outcome is not
+    /// known: 503 `claim_outcome_unknown`, and a retry with the same key
+    /// learns it (it replays the answer, or withdraws the claim and claims anew).
+    async fn withdraw(&self) -> Response {
+        let release = store::release_key(&self.state.pools.claims, &self.key, self.claim_id);
+        match tokio::time::timeout(SETTLE_STEP, release).await {
+            Ok(Ok(true)) => refuse(
+                "unavailable",
+                503,
+                "the claim could not be queued and was not accepted; retry with the same Idempotency-Key",
+            ),
+            Ok(Ok(false)) => self.answer_from_store().await,
+            _ => self.outcome_unknown(),
+        }
+    }
+
+    fn outcome_unknown(&self) -> Response {
+        refuse(
+            "claim_outcome_unknown",
+            503,
+            "whether the claim was accepted is not known yet; retry with the same Idempotency-Key to learn it",
+        )
+    }
+
+    /// The claim's answer as the worker stored it; the outcome is unknown
+    /// if it cannot be read.
+    async fn answer_from_store(&self) -> Response {
+        let ids = [self.claim_id];
+        let read = store::load_claims(&self.state.pools.claims, &ids);
+        match tokio::time::timeout(SETTLE_STEP, read).await {
+            Ok(Ok(mut found)) => match found.pop().filter(|r| r.state == "done").as_ref().and_then(answered) {
+                Some(done) => answer(&done, &self.account),
+                // Not answered and no longer reserved for us: a later request took the key over.
+                None => refuse(
+                    "unavailable",
+                    503,
+                    "the claim was not accepted; retry with the same Idempotency-Key",
+                ),
+            },
+            _ => self.outcome_unknown(),
+        }
+    }
+
+    /// 202: durable, not finished — once the key records the claim as queued
+    /// (then a retry answers 202 with the same `Location`, and `GET` finds it).
+    /// If the worker answered meanwhile, that answer is given instead.
+    async fn accepted(&self) -> Response {
+        let day = business_date(self.accepted_at);
+        let queue = store::queue_claim(
+            &self.state.pools.claims,
+            &self.key,
+            self.claim_id,
+            self.account.as_str(),
+            self.accepted_at,
+            day,
+        );
+        match tokio::time::timeout(SETTLE_STEP, queue).await {
+            Ok(Ok(true)) => accepted_response(self.claim_id, &self.account, Some(self.accepted_at)),
+            Ok(Ok(false)) => self.answer_from_store().await,
+            Ok(Err(e)) => {
+                tracing::warn!(event = "accepted_claim_not_recorded", error = format!("{e:#}"));
+                self.outcome_unknown()
+            }
+            Err(_) => self.outcome_unknown(),
+        }
     }
 }
 
@@ -352,6 +543,7 @@ pub fn claim_status(a: &ClaimAnswer) -> u16 {
         ClaimAnswer::UnknownAccount => 404,
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { .. }) => 409,
         ClaimAnswer::KeyReused | ClaimAnswer::Refused(Refusal::NothingToClaim) => 422,
+        ClaimAnswer::Withdrawn => 503,
     }
 }
 
@@ -362,8 +554,12 @@ pub fn claim_code(a: &ClaimAnswer) -> Option<&'static str> {
         ClaimAnswer::UnknownAccount => Some("unknown_account"),
         ClaimAnswer::KeyReused => Some("idempotency_key_reused"),
         ClaimAnswer::Refused(r) => Some(r.code()),
+        ClaimAnswer::Withdrawn => Some(WITHDRAWN),
     }
 }
+
+/// The code of a claim that was withdrawn and not applied.
+const WITHDRAWN: &str = "claim_withdrawn";
 
 /// The `claims_total{outcome}` label of a refused claim.
 fn outcome_label(a: &ClaimAnswer) -> Option<&'static str> {
@@ -372,6 +568,7 @@ fn outcome_label(a: &ClaimAnswer) -> Option<&'static str> {
         ClaimAnswer::UnknownAccount => Some("unknown_account"),
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { .. }) => Some("conflict"),
         ClaimAnswer::KeyReused | ClaimAnswer::Refused(Refusal::NothingToClaim) => Some("unprocessable"),
+        ClaimAnswer::Withdrawn => Some("unavailable"),
     }
 }
 
@@ -398,6 +595,11 @@ pub fn claim_body(a: &ClaimAnswer, account_id: &str) -> Value {
         ClaimAnswer::Refused(r @ Refusal::NothingToClaim) => {
             problem(r.code(), status, "less than one unit of interest has accrued")
         }
+        ClaimAnswer::Withdrawn => problem(
+            WITHDRAWN,
+            status,
+            "this claim was not applied and is not paid; retry with the same Idempotency-Key",
+        ),
     }
 }
 
@@ -410,6 +612,7 @@ pub fn claim_from_stored(status: i16, body: &Value) -> Option<ClaimAnswer> {
         (404, Some("unknown_account")) => ClaimAnswer::UnknownAccount,
         (422, Some("idempotency_key_reused")) => ClaimAnswer::KeyReused,
         (422, Some("nothing_to_claim")) => ClaimAnswer::Refused(Refusal::NothingToClaim),
+        (503, Some(WITHDRAWN)) => ClaimAnswer::Withdrawn,
         (409, Some("already_claimed_today")) => {
             let next_claim_at = parse_instant(body["next_claim_at"].as_str()?).ok()?;
             ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at })
@@ -431,26 +634,10 @@ fn answered(r: &store::ClaimRecord) -> Option<Answered> {
     })
 }
 
-/// 202: durable, not finished. Last look first: the answer may have just landed.
-async fn accepted(
-    state: &ApiInner,
-    claim_id: Uuid,
-    account: &AccountId,
-    key: &IdempotencyKey,
-    at: DateTime<Utc>,
-) -> Response {
-    if let Ok(mut found) = store::load_claims(&state.pool, &[claim_id]).await {
-        if let Some(done) = found.pop().filter(|r| r.state == "done").as_ref().and_then(answered) {
-            return answer(&done, account);
-        }
-    }
-    let day = business_date(at);
-    if let Err(e) = store::insert_accepted_claim(&state.pool, claim_id, key.as_str(), account.as_str(), at, day).await {
-        tracing::warn!(event = "accepted_claim_not_recorded", error = format!("{e:#}"));
-    }
+fn accepted_response(claim_id: Uuid, account: &AccountId, at: Option<DateTime<Utc>>) -> Response {
     let body = json!({
         "claim_id": claim_id, "account_id": account, "state": "accepted",
-        "accepted_at": format_instant(at), "status": null, "payout": null, "problem": null,
+        "accepted_at": at.map(format_instant), "status": null, "payout": null, "problem": null,
     });
     let mut resp = json_response(202, body, false);
     let location = format!("/v1/claims/{claim_id}");
@@ -463,7 +650,10 @@ async fn get_claim(State(state): State<ApiState>, raw: RawPath) -> Response {
     let Ok(id) = Uuid::parse_str(&path_text(raw)) else {
         return problem_response("invalid_claim_id", 400, "claim ids are UUIDs");
     };
-    match store::load_claims(&state.pool, &[id]).await {
+    let Ok(_permit) = state.reads_in_flight.clone().try_acquire_owned() else {
+        return problem_response("overloaded", 503, "too many reads in flight");
+    };
+    match store::load_claims(&state.pools.reads, &[id]).await {
         Err(_) => problem_response("unavailable", 503, "the database is unavailable"),
         Ok(mut v) => match v.pop() {
             None => problem_response("unknown_claim", 404, "no such claim"),
@@ -496,7 +686,7 @@ pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::Can
     let mut down_since: Option<Instant> = None;
     while !shutdown.is_cancelled() {
         let connected = async {
-            let mut l = PgListener::connect_with(&state.pool).await?;
+            let mut l = PgListener::connect_with(&state.pools.claims).await?;
             l.listen(CLAIM_DONE_CHANNEL).await?;
             Ok::<_, sqlx::Error>(l)
         };
@@ -558,7 +748,7 @@ fn hand_over(state: &ApiInner, payload: &str) -> Vec<Uuid> {
 }
 
 async fn deliver(state: &ApiInner, ids: &[Uuid]) {
-    match store::load_claims(&state.pool, ids).await {
+    match store::load_claims(&state.pools.claims, ids).await {
         Ok(records) => {
             let mut waiters = state.waiters.lock().expect("waiters");
             for done in records.iter().filter_map(answered) {
@@ -571,10 +761,11 @@ async fn deliver(state: &ApiInner, ids: &[Uuid]) {
     }
 }
 
-/// Keeps `db_healthy` current so claims get a fast 503 while the database is away.
+/// Keeps `db_healthy` current so claims get a fast 503 while the database is
+/// away. It probes on its own pool: a busy claim pool is not an absent database.
 pub async fn watch_database(state: ApiState, shutdown: tokio_util::sync::CancellationToken) {
     while !shutdown.is_cancelled() {
-        let ok = store::ping(&state.pool, Duration::from_secs(1)).await;
+        let ok = store::ping(&state.pools.health, Duration::from_secs(1)).await;
         if ok != state.db_healthy.swap(ok, Ordering::Relaxed) {
             tracing::warn!(event = "database_health", healthy = ok);
         }
@@ -587,8 +778,7 @@ pub async fn watch_database(state: ApiState, shutdown: tokio_util::sync::Cancell
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, token_matches};
-    use secrecy::SecretString;
+    use super::{bearer_token, token_client};
 
     #[test]
     fn the_bearer_scheme_is_matched_in_any_case() {
@@ -601,13 +791,24 @@ mod tests {
     }
 
     #[test]
-    fn tokens_match_only_whole() {
-        let tokens = [SecretString::from("token-one"), SecretString::from("token-two")];
-        assert!(token_matches(&tokens, "token-one"));
-        assert!(token_matches(&tokens, "token-two"));
-        for wrong in ["token-six", "token", "token-one-", "", "TOKEN-ONE"] {
-            assert!(!token_matches(&tokens, wrong), "{wrong:?}");
+    fn tokens_match_only_whole_and_name_their_client() {
+        let clients = crate::config::parse_api_tokens("app:token-one,token-two").unwrap();
+        assert_eq!(token_client(&clients, "token-one").unwrap().client_id, "app");
+        assert_eq!(
+            token_client(&clients, "token-two").unwrap().client_id,
+            clients[1].client_id
+        );
+        for wrong in [
+            "token-six",
+            "token",
+            "token-one-",
+            "",
+            "TOKEN-ONE",
+            "app:token-one",
+            "app",
+        ] {
+            assert!(token_client(&clients, wrong).is_none(), "{wrong:?}");
         }
-        assert!(!token_matches(&[], "token-one"));
+        assert!(token_client(&[], "token-one").is_none());
     }
 }

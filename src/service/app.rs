@@ -1,7 +1,7 @@
 //! `interest-now serve`: wires the API, the worker, the relay and the admin
 //! port together, and stops them gracefully on SIGTERM.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -123,6 +123,8 @@ pub async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
 struct Shared {
     settings: Settings,
     pool: PgPool,
+    /// Readiness's own connections: "cannot serve", never "busy".
+    health: PgPool,
     plans: Arc<RwLock<Arc<Plans>>>,
     metrics: Metrics,
     clock: Clock,
@@ -143,10 +145,14 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
         settings.default_plan.clone(),
         shutdown.clone(),
     ));
-    let api_state = role.api().then(|| api_state(&shared));
+    let api_state = if role.api() {
+        Some(api_state(&shared).await?)
+    } else {
+        None
+    };
     let worker_status = role.worker().then(|| Arc::new(Mutex::new(WorkerStatus::default())));
     let admin = Admin {
-        pool: shared.pool.clone(),
+        pool: shared.health.clone(),
         metrics: shared.metrics.clone(),
         api: api_state.clone(),
         worker: worker_status.clone(),
@@ -181,6 +187,7 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
 /// The database pool, the plans, the metrics, the clock and the producer.
 async fn connect(settings: Settings) -> anyhow::Result<Shared> {
     let pool = store::connect(&settings.database_url, 16).await?;
+    let health = store::connect(&settings.database_url, HEALTH_POOL_SIZE).await?;
     let plans = store::load_plans(&pool, settings.default_plan.as_deref()).await?;
     if plans.is_empty() {
         tracing::warn!(
@@ -196,26 +203,37 @@ async fn connect(settings: Settings) -> anyhow::Result<Shared> {
         clock: Clock::new(settings.clock_offset_seconds),
         settings,
         pool,
+        health,
         plans: Arc::new(RwLock::new(Arc::new(plans))),
         metrics: Metrics::new(),
         producer,
     })
 }
 
-fn api_state(shared: &Shared) -> ApiState {
-    Arc::new(ApiInner {
+/// Connections of the health pool (readiness and the API's database watch).
+const HEALTH_POOL_SIZE: u32 = 2;
+
+async fn api_state(shared: &Shared) -> anyhow::Result<ApiState> {
+    let url = &shared.settings.database_url;
+    let pools = api::ApiPools {
+        claims: store::connect(url, api::CLAIM_POOL_SIZE).await?,
+        reads: store::connect(url, api::READ_POOL_SIZE).await?,
+        health: shared.health.clone(),
+    };
+    Ok(Arc::new(ApiInner {
         settings: shared.settings.clone(),
+        pools,
         pool: shared.pool.clone(),
+        reads_in_flight: Arc::new(Semaphore::new(api::READS_IN_FLIGHT_MAX)),
         producer: shared.producer.clone(),
         plans: shared.plans.clone(),
         clock: shared.clock,
         metrics: shared.metrics.clone(),
         waiters: Mutex::new(HashMap::new()),
         in_flight: Arc::new(Semaphore::new(shared.settings.claims_in_flight_max)),
-        keys_in_flight: Mutex::new(HashSet::new()),
         db_healthy: AtomicBool::new(true),
         accepting: AtomicBool::new(true),
-    })
+    }))
 }
 
 /// One worker per input stream, and the relay they hand committed payouts to.

@@ -8,47 +8,65 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::Tx;
-use crate::claims::Answered;
+use crate::claims::{Answered, KeyWrite, ScopedKey};
 
-/// The stored first answer for an idempotency key.
+/// An idempotency key's row as the worker reads it.
 #[derive(Debug, Clone)]
 pub struct StoredKey {
     pub account_id: String,
     pub claim_id: Uuid,
-    pub status: i16,
-    pub body: serde_json::Value,
+    /// `pending`, `queued`, `answered` or `released` (see the migration).
+    pub state: String,
+    pub status: Option<i16>,
+    pub body: Option<serde_json::Value>,
 }
 
-pub async fn load_keys(tx: &mut Tx<'_>, keys: &[String]) -> anyhow::Result<HashMap<String, StoredKey>> {
+/// The rows of the batch's keys, locked in key order (`FOR UPDATE`): the
+/// API's withdrawal of a held claim and the worker's answer to it are
+/// serialised on this row, so exactly one of them happens.
+pub async fn load_keys(tx: &mut Tx<'_>, keys: &[ScopedKey]) -> anyhow::Result<HashMap<ScopedKey, StoredKey>> {
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
     let rows = sqlx::query(
-        "SELECT idempotency_key, account_id, claim_id, status, body::text AS body FROM idempotency_keys
-         WHERE idempotency_key = ANY($1)",
+        "SELECT k.client_id, k.idempotency_key, k.account_id, k.claim_id, k.state, k.status, k.body::text AS body
+         FROM idempotency_keys k
+         JOIN unnest($1::text[], $2::text[]) AS q(c, key) ON k.client_id = q.c AND k.idempotency_key = q.key
+         ORDER BY k.client_id, k.idempotency_key
+         FOR UPDATE OF k",
     )
-    .bind(keys)
+    .bind(keys.iter().map(|k| k.client.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await
     .context("loading idempotency keys")?;
     rows.into_iter()
         .map(|r| {
-            let rec = StoredKey {
-                account_id: r.get("account_id"),
-                claim_id: r.get("claim_id"),
-                status: r.get("status"),
-                body: serde_json::from_str(r.get("body"))?,
+            let scoped = ScopedKey {
+                client: r.get("client_id"),
+                key: r.get("idempotency_key"),
             };
-            Ok((r.get("idempotency_key"), rec))
+            Ok((scoped, stored_key(&r)?))
         })
         .collect()
+}
+
+fn stored_key(r: &sqlx::postgres::PgRow) -> anyhow::Result<StoredKey> {
+    let body: Option<String> = r.get("body");
+    Ok(StoredKey {
+        account_id: r.get("account_id"),
+        claim_id: r.get("claim_id"),
+        state: r.get("state"),
+        status: r.get("status"),
+        body: body.map(|b| serde_json::from_str(&b)).transpose()?,
+    })
 }
 
 /// A claim's final answer, as written by the worker.
 #[derive(Debug, Clone)]
 pub struct ClaimResult {
     pub claim_id: Uuid,
-    pub idempotency_key: String,
+    pub key: ScopedKey,
     pub account_id: String,
     pub accepted_at: DateTime<Utc>,
     pub business_date: NaiveDate,
@@ -56,8 +74,8 @@ pub struct ClaimResult {
     pub body: serde_json::Value,
     pub payout_id: Option<Uuid>,
     pub replay_of: Option<Uuid>,
-    /// First answer for its key: also recorded in `idempotency_keys`.
-    pub first_for_key: bool,
+    /// What the claim records for its key (`idempotency_keys`), if anything.
+    pub key_write: Option<KeyWrite>,
 }
 
 pub async fn store_claim_results(tx: &mut Tx<'_>, results: &[ClaimResult]) -> anyhow::Result<()> {
@@ -65,7 +83,8 @@ pub async fn store_claim_results(tx: &mut Tx<'_>, results: &[ClaimResult]) -> an
         return Ok(());
     }
     let ids: Vec<Uuid> = results.iter().map(|r| r.claim_id).collect();
-    let keys: Vec<&str> = results.iter().map(|r| r.idempotency_key.as_str()).collect();
+    let clients: Vec<&str> = results.iter().map(|r| r.key.client.as_str()).collect();
+    let keys: Vec<&str> = results.iter().map(|r| r.key.key.as_str()).collect();
     let accounts: Vec<&str> = results.iter().map(|r| r.account_id.as_str()).collect();
     let accepted: Vec<DateTime<Utc>> = results.iter().map(|r| r.accepted_at).collect();
     let dates: Vec<NaiveDate> = results.iter().map(|r| r.business_date).collect();
@@ -75,10 +94,10 @@ pub async fn store_claim_results(tx: &mut Tx<'_>, results: &[ClaimResult]) -> an
     let replay: Vec<Option<Uuid>> = results.iter().map(|r| r.replay_of).collect();
     sqlx::query(
         "INSERT INTO claims (claim_id, idempotency_key, account_id, accepted_at, business_date, state, status, body,
-                             payout_id, replay_of, completed_at)
-         SELECT id, k, a, acc, d, 'done', s, b::jsonb, p, r, now()
+                             payout_id, replay_of, completed_at, client_id)
+         SELECT id, k, a, acc, d, 'done', s, b::jsonb, p, r, now(), c
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::date[], $6::int2[], $7::text[],
-                     $8::uuid[], $9::uuid[]) AS t(id, k, a, acc, d, s, b, p, r)
+                     $8::uuid[], $9::uuid[], $10::text[]) AS t(id, k, a, acc, d, s, b, p, r, c)
          ON CONFLICT (claim_id) DO UPDATE SET state = 'done', status = EXCLUDED.status, body = EXCLUDED.body,
             payout_id = EXCLUDED.payout_id, replay_of = EXCLUDED.replay_of, completed_at = EXCLUDED.completed_at",
     )
@@ -91,27 +110,49 @@ pub async fn store_claim_results(tx: &mut Tx<'_>, results: &[ClaimResult]) -> an
     .bind(&bodies)
     .bind(&payouts)
     .bind(&replay)
+    .bind(&clients)
     .execute(&mut **tx)
     .await
     .context("storing claim results")?;
-    let firsts: Vec<&ClaimResult> = results.iter().filter(|r| r.first_for_key).collect();
-    if !firsts.is_empty() {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (idempotency_key, account_id, claim_id, status, body)
-             SELECT k, a, id, s, b::jsonb FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int2[], $5::text[])
-               AS t(k, a, id, s, b)",
-        )
-        .bind(firsts.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
-        .bind(firsts.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
-        .bind(firsts.iter().map(|r| r.claim_id).collect::<Vec<_>>())
-        .bind(firsts.iter().map(|r| r.status).collect::<Vec<_>>())
-        .bind(firsts.iter().map(|r| r.body.to_string()).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .context("storing idempotency keys")?;
+    store_key_writes(tx, results).await
+}
+
+/// Each key's answer or release; the last write of the batch per key wins
+/// (one statement may not touch a row twice). A key's row keeps the
+/// `created_at` of its first use: its time to live counts from there.
+async fn store_key_writes(tx: &mut Tx<'_>, results: &[ClaimResult]) -> anyhow::Result<()> {
+    let mut last: HashMap<&ScopedKey, &ClaimResult> = HashMap::new();
+    for r in results.iter().filter(|r| r.key_write.is_some()) {
+        last.insert(&r.key, r);
     }
+    if last.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<&ClaimResult> = last.into_values().collect();
+    let answered = |r: &&ClaimResult| r.key_write == Some(KeyWrite::Answer);
+    sqlx::query(
+        "INSERT INTO idempotency_keys (client_id, idempotency_key, account_id, claim_id, accepted_at, state, status, body)
+         SELECT c, k, a, id, acc, st, s, b::jsonb
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[], $6::text[], $7::int2[],
+                     $8::text[]) AS t(c, k, a, id, acc, st, s, b)
+         ON CONFLICT (client_id, idempotency_key) DO UPDATE SET account_id = EXCLUDED.account_id,
+            claim_id = EXCLUDED.claim_id, accepted_at = EXCLUDED.accepted_at, state = EXCLUDED.state,
+            status = EXCLUDED.status, body = EXCLUDED.body",
+    )
+    .bind(rows.iter().map(|r| r.key.client.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.key.key.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.claim_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.accepted_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| if answered(r) { "answered" } else { "released" }).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| answered(r).then_some(r.status)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| answered(r).then(|| r.body.to_string())).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .context("storing idempotency keys")?;
     Ok(())
 }
+
 /// NOTIFY payloads are limited to 8000 bytes; answers are packed below this.
 const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_800;
 
@@ -188,25 +229,119 @@ pub async fn load_claims(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<Clai
         .collect()
 }
 
-/// Records a claim the API answered 202 for, unless the worker already finished it.
-pub async fn insert_accepted_claim(
+// ---- the API's side of a key ---------------------------------------------------
+
+/// A key's row as the API finds it when it cannot reserve it.
+#[derive(Debug, Clone)]
+pub struct HeldKey {
+    pub stored: StoredKey,
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// Milliseconds since the row was (re)reserved.
+    pub age_ms: i64,
+}
+
+/// Reserves `key` for the claim `claim_id` before the claim is produced: a
+/// new row, or one that holds no answer (released) or whose answer expired
+/// (`ttl`). `None`: reserved; otherwise the row that holds the key (read
+/// after the failed reservation: `None` again means try once more).
+pub async fn reserve_key(
     pool: &PgPool,
+    key: &ScopedKey,
+    account_id: &str,
     claim_id: Uuid,
-    key: &str,
+    accepted_at: DateTime<Utc>,
+    ttl: std::time::Duration,
+) -> anyhow::Result<Result<(), Option<HeldKey>>> {
+    let reserved = sqlx::query(
+        "INSERT INTO idempotency_keys (client_id, idempotency_key, account_id, claim_id, accepted_at, state)
+         VALUES ($1, $2, $3, $4, $5, 'pending')
+         ON CONFLICT (client_id, idempotency_key) DO UPDATE SET account_id = EXCLUDED.account_id,
+            claim_id = EXCLUDED.claim_id, accepted_at = EXCLUDED.accepted_at, state = 'pending',
+            status = NULL, body = NULL, created_at = now()
+         WHERE idempotency_keys.state = 'released'
+            OR (idempotency_keys.state = 'answered' AND idempotency_keys.created_at < now() - make_interval(secs => $6))
+         RETURNING claim_id",
+    )
+    .bind(&key.client)
+    .bind(&key.key)
+    .bind(account_id)
+    .bind(claim_id)
+    .bind(accepted_at)
+    .bind(ttl.as_secs_f64())
+    .fetch_optional(pool)
+    .await
+    .context("reserving the idempotency key")?;
+    if reserved.is_some() {
+        return Ok(Ok(()));
+    }
+    let held = sqlx::query(
+        "SELECT account_id, claim_id, state, status, body::text AS body, accepted_at,
+                (extract(epoch FROM now() - created_at) * 1000)::int8 AS age_ms
+         FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2",
+    )
+    .bind(&key.client)
+    .bind(&key.key)
+    .fetch_optional(pool)
+    .await
+    .context("reading the idempotency key")?;
+    held.map(|r| {
+        Ok(HeldKey {
+            stored: stored_key(&r)?,
+            accepted_at: r.get("accepted_at"),
+            age_ms: r.get("age_ms"),
+        })
+    })
+    .transpose()
+    .map(Err)
+}
+
+/// Withdraws the claim `claim_id` while the key is still only reserved for
+/// it (not queued, not answered): the worker will not apply it. `false`:
+/// the key had moved on (the worker answered, or it was queued).
+pub async fn release_key(pool: &PgPool, key: &ScopedKey, claim_id: Uuid) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE idempotency_keys SET state = 'released'
+         WHERE client_id = $1 AND idempotency_key = $2 AND claim_id = $3 AND state = 'pending'",
+    )
+    .bind(&key.client)
+    .bind(&key.key)
+    .bind(claim_id)
+    .execute(pool)
+    .await
+    .context("withdrawing the claim")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks the claim queued (the broker acknowledged it; the API answers 202)
+/// and records it in `claims` as accepted, in one statement, while the key is
+/// still reserved for it. `false`: the key had moved on (answered, or the
+/// claim was withdrawn by a later request): no 202 may be given.
+pub async fn queue_claim(
+    pool: &PgPool,
+    key: &ScopedKey,
+    claim_id: Uuid,
     account_id: &str,
     accepted_at: DateTime<Utc>,
     business_date: NaiveDate,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO claims (claim_id, idempotency_key, account_id, accepted_at, business_date, state)
-         VALUES ($1, $2, $3, $4, $5, 'accepted') ON CONFLICT (claim_id) DO NOTHING",
+) -> anyhow::Result<bool> {
+    let row = sqlx::query(
+        "WITH k AS (
+            UPDATE idempotency_keys SET state = 'queued'
+            WHERE client_id = $1 AND idempotency_key = $2 AND claim_id = $3 AND state = 'pending'
+            RETURNING claim_id)
+         INSERT INTO claims (claim_id, client_id, idempotency_key, account_id, accepted_at, business_date, state)
+         SELECT k.claim_id, $1, $2, $4, $5, $6, 'accepted' FROM k
+         ON CONFLICT (claim_id) DO NOTHING
+         RETURNING claim_id",
     )
+    .bind(&key.client)
+    .bind(&key.key)
     .bind(claim_id)
-    .bind(key)
     .bind(account_id)
     .bind(accepted_at)
     .bind(business_date)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .fetch_optional(pool)
+    .await
+    .context("recording the accepted claim")?;
+    Ok(row.is_some())
 }

@@ -6,6 +6,7 @@ mod finance;
 mod harness;
 mod hostile;
 mod http_limits;
+mod idempotency;
 mod money_rules;
 mod pipeline;
 mod plan_reload;

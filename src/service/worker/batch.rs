@@ -14,7 +14,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use super::{BatchError, Owned, Worker, WorkerContext};
-use crate::claims::{self, Answered, Claim, ClaimDecision, Context, DeadLetter, Effects, Input, KeyRecord, State};
+use crate::claims::{
+    self, Answered, Claim, ClaimDecision, Context, DeadLetter, Effects, Input, KeyRecord, KeyState, ScopedKey, State,
+};
 use crate::kafka::{self, ClaimMessage};
 use crate::money::account::CORRECTION_WINDOW_SECS;
 use crate::money::types::business_date;
@@ -234,6 +236,7 @@ fn claim_message(c: ClaimMessage) -> Option<claims::Message> {
     match c {
         ClaimMessage::Claim {
             claim_id,
+            client_id,
             account_id,
             idempotency_key,
             accepted_at,
@@ -243,6 +246,7 @@ fn claim_message(c: ClaimMessage) -> Option<claims::Message> {
         ) {
             (Ok(account_id), Ok(key)) => Some(claims::Message::Claim(Claim {
                 claim_id,
+                client: client_id,
                 account_id,
                 key,
                 accepted_at,
@@ -378,27 +382,49 @@ async fn load(tx: &mut Tx<'_>, inputs: &[Input], now: DateTime<Utc>) -> anyhow::
     ids.dedup();
     let window_start = now - chrono::Duration::seconds(CORRECTION_WINDOW_SECS + 86_400);
     let accounts = store::load_accounts(tx, &ids, window_start, true).await?;
-    let keys: Vec<String> = inputs
+    let keys: Vec<ScopedKey> = inputs
         .iter()
         .filter_map(|i| match &i.message {
-            claims::Message::Claim(c) => Some(c.key.as_str().to_owned()),
+            claims::Message::Claim(c) => Some(scoped(c)),
             _ => None,
         })
         .collect();
-    let mut records = HashMap::new();
+    let mut states = HashMap::new();
     for (key, stored) in store::load_keys(tx, &keys).await? {
-        let answer = api::claim_from_stored(stored.status, &stored.body)
-            .ok_or_else(|| anyhow::anyhow!("key {key:?}: stored answer unreadable"))?;
-        let record = KeyRecord {
-            account_id: AccountId::try_from(stored.account_id.as_str())?,
-            claim_id: stored.claim_id,
-            answer,
-        };
-        records.insert(key, record);
+        let state = key_state(&stored).map_err(|e| anyhow::anyhow!("key {key:?}: {e}"))?;
+        states.insert(key, state);
     }
-    Ok(State {
-        accounts,
-        keys: records,
+    Ok(State { accounts, keys: states })
+}
+
+fn scoped(c: &Claim) -> ScopedKey {
+    ScopedKey {
+        client: c.client.clone(),
+        key: c.key.as_str().to_owned(),
+    }
+}
+
+/// A key's stored row as the decision takes it.
+fn key_state(stored: &store::StoredKey) -> anyhow::Result<KeyState> {
+    Ok(match stored.state.as_str() {
+        "pending" | "queued" => KeyState::Held {
+            claim_id: stored.claim_id,
+        },
+        "released" => KeyState::Released {
+            claim_id: stored.claim_id,
+        },
+        _ => {
+            let (Some(status), Some(body)) = (stored.status, stored.body.as_ref()) else {
+                anyhow::bail!("an answered key without its answer");
+            };
+            let answer =
+                api::claim_from_stored(status, body).ok_or_else(|| anyhow::anyhow!("stored answer unreadable"))?;
+            KeyState::Answered(KeyRecord {
+                account_id: AccountId::try_from(stored.account_id.as_str())?,
+                claim_id: stored.claim_id,
+                answer,
+            })
+        }
     })
 }
 
@@ -454,7 +480,7 @@ fn claim_row(d: &ClaimDecision) -> ClaimResult {
     let account = d.claim.account_id.as_str();
     ClaimResult {
         claim_id: d.claim.claim_id,
-        idempotency_key: d.claim.key.as_str().to_owned(),
+        key: scoped(&d.claim),
         account_id: account.to_owned(),
         accepted_at: d.claim.accepted_at,
         business_date: business_date(d.claim.accepted_at),
@@ -462,7 +488,7 @@ fn claim_row(d: &ClaimDecision) -> ClaimResult {
         body: api::claim_body(&d.answer, account),
         payout_id: d.payout_id.as_deref().map(|id| Uuid::parse_str(id).expect("a UUID")),
         replay_of: d.replay_of,
-        first_for_key: d.first_for_key,
+        key_write: d.key_write,
     }
 }
 
