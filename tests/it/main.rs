@@ -7,6 +7,7 @@ mod harness;
 mod hostile;
 mod http_limits;
 mod idempotency;
+mod midnight_pool;
 mod money_rules;
 mod pipeline;
 mod plan_reload;
