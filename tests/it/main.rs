@@ -9,6 +9,7 @@ mod http_limits;
 mod money_rules;
 mod pipeline;
 mod plan_reload;
+mod poison;
 mod privilege;
 mod properties;
 mod simulate_cli;
