@@ -7,6 +7,9 @@
 //! newly owned partition it asks for a sweep of that partition's leftovers
 //! (payouts a crashed owner committed but never published). A slow periodic
 //! sweep catches anything else.
+//!
+//! [`DeadLetterRelay`] does the same for the dead-letter outbox
+//! (`dead_letters`) and `balance-snapshots.dlq`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
