@@ -2,8 +2,9 @@
 //! Metric names carry units last and never an account id as a label.
 
 use prometheus::{
-    register_histogram_vec_with_registry, register_int_counter_vec_with_registry, register_int_gauge_vec_with_registry,
-    register_int_gauge_with_registry, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    register_histogram_vec_with_registry, register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Registry,
 };
 
 pub fn init_logs() {
@@ -30,6 +31,44 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub worker_batch_size: HistogramVec,
     pub idempotent_replays_total: IntCounterVec,
+    pub dead_letters: DeadLetterMetrics,
+}
+
+/// Poison messages and the dead-letter outbox (issue 15 item 4).
+#[derive(Clone)]
+pub struct DeadLetterMetrics {
+    /// Messages the worker could not apply and moved aside.
+    pub poison_messages_total: IntCounterVec,
+    /// Dead letters committed but not yet published to the DLQ topic.
+    pub pending: IntGauge,
+    /// Failed deliveries to the DLQ topic (the rows stay pending and are retried).
+    pub publish_failures_total: IntCounter,
+}
+
+impl DeadLetterMetrics {
+    fn register(r: &Registry) -> DeadLetterMetrics {
+        DeadLetterMetrics {
+            poison_messages_total: register_int_counter_vec_with_registry!(
+                "poison_messages_total",
+                "Messages that failed deterministically on their own and were moved aside, by topic",
+                &["topic"],
+                r
+            )
+            .expect("metric"),
+            pending: register_int_gauge_with_registry!(
+                "dead_letters_pending",
+                "Dead letters written but not yet published to balance-snapshots.dlq",
+                r
+            )
+            .expect("metric"),
+            publish_failures_total: register_int_counter_with_registry!(
+                "dead_letter_publish_failures_total",
+                "Dead letters the broker did not acknowledge (they stay pending and are retried)",
+                r
+            )
+            .expect("metric"),
+        }
+    }
 }
 
 impl Metrics {
@@ -94,6 +133,7 @@ impl Metrics {
                 r
             )
             .expect("metric"),
+            dead_letters: DeadLetterMetrics::register(r),
             registry,
         }
     }

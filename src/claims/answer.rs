@@ -23,6 +23,9 @@ pub enum ClaimAnswer {
     /// Not applied, never paid: the API withdrew the claim (it answered 503
     /// after an ambiguous delivery), or a later request took its key over.
     Withdrawn,
+    /// Not applied, never paid: applying it failed the same way every time
+    /// (a poison message, moved aside). The key keeps no answer.
+    Failed,
 }
 
 /// The first answer given for an idempotency key.

@@ -431,6 +431,7 @@ fn batch_boundaries_do_not_change_answers_or_effects() {
             (ClaimAnswer::Refused(Refusal::NothingToClaim), _) => "nothing",
             (ClaimAnswer::Refused(_), _) => "already",
             (ClaimAnswer::Withdrawn, _) => "withdrawn",
+            (ClaimAnswer::Failed, _) => "failed",
         })
         .collect();
     for kind in ["replay", "paid", "reused", "unknown", "already"] {
@@ -450,6 +451,7 @@ fn the_answer_travels_as_json_unchanged() {
         ClaimAnswer::Refused(Refusal::NothingToClaim),
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at }),
         ClaimAnswer::Withdrawn,
+        ClaimAnswer::Failed,
     ];
     for answer in all {
         let a = Answered {
@@ -475,6 +477,7 @@ fn the_stored_http_form_reads_back_as_the_same_answer() {
         ClaimAnswer::Refused(Refusal::NothingToClaim),
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at: t0() }),
         ClaimAnswer::Withdrawn,
+        ClaimAnswer::Failed,
     ];
     for answer in all {
         let status = crate::service::api::claim_status(&answer) as i16;

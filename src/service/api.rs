@@ -544,6 +544,7 @@ pub fn claim_status(a: &ClaimAnswer) -> u16 {
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { .. }) => 409,
         ClaimAnswer::KeyReused | ClaimAnswer::Refused(Refusal::NothingToClaim) => 422,
         ClaimAnswer::Withdrawn => 503,
+        ClaimAnswer::Failed => 500,
     }
 }
 
@@ -555,8 +556,12 @@ pub fn claim_code(a: &ClaimAnswer) -> Option<&'static str> {
         ClaimAnswer::KeyReused => Some("idempotency_key_reused"),
         ClaimAnswer::Refused(r) => Some(r.code()),
         ClaimAnswer::Withdrawn => Some(WITHDRAWN),
+        ClaimAnswer::Failed => Some(FAILED),
     }
 }
+
+/// The code of a claim that could not be applied (a poison message).
+const FAILED: &str = "claim_failed";
 
 /// The code of a claim that was withdrawn and not applied.
 const WITHDRAWN: &str = "claim_withdrawn";
@@ -569,6 +574,7 @@ fn outcome_label(a: &ClaimAnswer) -> Option<&'static str> {
         ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { .. }) => Some("conflict"),
         ClaimAnswer::KeyReused | ClaimAnswer::Refused(Refusal::NothingToClaim) => Some("unprocessable"),
         ClaimAnswer::Withdrawn => Some("unavailable"),
+        ClaimAnswer::Failed => Some("failed"),
     }
 }
 
@@ -600,6 +606,11 @@ pub fn claim_body(a: &ClaimAnswer, account_id: &str) -> Value {
             status,
             "this claim was not applied and is not paid; retry with the same Idempotency-Key",
         ),
+        ClaimAnswer::Failed => problem(
+            FAILED,
+            status,
+            "this claim could not be applied and nothing was paid; a retry, with the same Idempotency-Key or another, is a new attempt",
+        ),
     }
 }
 
@@ -613,6 +624,7 @@ pub fn claim_from_stored(status: i16, body: &Value) -> Option<ClaimAnswer> {
         (422, Some("idempotency_key_reused")) => ClaimAnswer::KeyReused,
         (422, Some("nothing_to_claim")) => ClaimAnswer::Refused(Refusal::NothingToClaim),
         (503, Some(WITHDRAWN)) => ClaimAnswer::Withdrawn,
+        (500, Some(FAILED)) => ClaimAnswer::Failed,
         (409, Some("already_claimed_today")) => {
             let next_claim_at = parse_instant(body["next_claim_at"].as_str()?).ok()?;
             ClaimAnswer::Refused(Refusal::AlreadyClaimedToday { next_claim_at })

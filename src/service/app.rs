@@ -22,7 +22,7 @@ use crate::money::Plans;
 use crate::service::api::{self, ApiInner, ApiState};
 use crate::service::handoff::WorkerStatus;
 use crate::service::http;
-use crate::service::relay::Relay;
+use crate::service::relay::{DeadLetterRelay, Relay};
 use crate::service::worker::{Stream, Worker};
 use crate::store;
 use crate::telemetry::Metrics;
@@ -174,7 +174,7 @@ pub async fn run(settings: Settings, role: Role, shutdown: CancellationToken) ->
     tracing::info!(event = "serving", role = ?role, http = %settings.http_addr, admin = %settings.admin_addr);
     let failed = supervise(&mut tasks, &shutdown).await;
     admin_server.abort();
-    // Flush anything the producer still holds (DLQ, payouts) before exit.
+    // Flush anything the producer still holds (claims) before exit.
     use rdkafka::producer::Producer;
     let _ = shared.producer.get().flush(Duration::from_secs(5));
     tracing::info!(event = "stopped");
@@ -236,7 +236,8 @@ async fn api_state(shared: &Shared) -> anyhow::Result<ApiState> {
     }))
 }
 
-/// One worker per input stream, and the relay they hand committed payouts to.
+/// One worker per input stream, the relay they hand committed payouts to,
+/// and the dead-letter relay they wake.
 fn spawn_worker_side(
     tasks: &mut tokio::task::JoinSet<()>,
     shared: &Shared,
@@ -245,17 +246,18 @@ fn spawn_worker_side(
 ) -> anyhow::Result<()> {
     let settings = &shared.settings;
     let (relay_tx, relay_rx) = tokio::sync::mpsc::channel(crate::service::relay::RELAY_QUEUE_MAX);
+    let dead_letters = Arc::new(tokio::sync::Notify::new());
     for stream in Stream::ALL {
         let worker = Worker {
             stream,
             settings: settings.clone(),
             pool: shared.pool.clone(),
-            producer: shared.producer.clone(),
             metrics: shared.metrics.clone(),
             plans: shared.plans.clone(),
             clock: shared.clock,
             status: status.clone(),
             relay: relay_tx.clone(),
+            dead_letters: dead_letters.clone(),
         };
         let ws = shutdown.clone();
         tasks.spawn(async move {
@@ -276,6 +278,17 @@ fn spawn_worker_side(
         metrics: shared.metrics.clone(),
     };
     tasks.spawn(relay.run(relay_rx, shutdown.clone()));
+    let dead_letter_relay = DeadLetterRelay {
+        pool: shared.pool.clone(),
+        producer: {
+            let s = settings.clone();
+            kafka::ResilientProducer::new(move || kafka::producer(&s))?
+        },
+        topic: settings.topic(kafka::SNAPSHOTS_DLQ),
+        metrics: shared.metrics.clone(),
+        wake: dead_letters,
+    };
+    tasks.spawn(dead_letter_relay.run(shutdown.clone()));
     Ok(())
 }
 

@@ -7,6 +7,9 @@
 //! newly owned partition it asks for a sweep of that partition's leftovers
 //! (payouts a crashed owner committed but never published). A slow periodic
 //! sweep catches anything else.
+//!
+//! [`DeadLetterRelay`] does the same for the dead-letter outbox
+//! (`dead_letters`) and `balance-snapshots.dlq`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,5 +131,109 @@ impl Relay {
             tracing::warn!(event = "relay_send_failed", error = %e);
         }
         results.iter().take_while(|r| r.is_ok()).count()
+    }
+}
+
+/// Dead letters published per round.
+const DEAD_LETTER_BATCH_MAX: i64 = 500;
+/// How often pending dead letters are looked for without a wake-up, and the
+/// pause after a failed round (an unwritable DLQ only delays publication).
+const DEAD_LETTER_POLL: Duration = Duration::from_secs(2);
+
+/// Publishes the dead-letter outbox (`dead_letters`, written in the worker's
+/// transactions) to `balance-snapshots.dlq`, at least once, with the headers
+/// `error` and `detail`. The worker wakes it after a commit that wrote dead
+/// letters; it also looks every `DEAD_LETTER_POLL`. Rows are locked
+/// `FOR UPDATE SKIP LOCKED` while they are sent, so the relays of several
+/// worker processes share the pending rows without publishing one twice;
+/// a crash between the broker's acknowledgement and the commit publishes
+/// again (at least once). Nothing here holds an account lock or a batch: a
+/// broker that refuses the DLQ delays publication, counted in
+/// `dead_letter_publish_failures_total` and visible as `dead_letters_pending`.
+pub struct DeadLetterRelay {
+    pub pool: PgPool,
+    /// Its own producer: its failures must not renew the API's claim producer.
+    pub producer: kafka::ResilientProducer,
+    pub topic: String,
+    pub metrics: Metrics,
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+impl DeadLetterRelay {
+    /// Runs until shutdown; what is still pending then stays in the table for the next process.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut more = true;
+        while !shutdown.is_cancelled() {
+            if !more {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(DEAD_LETTER_POLL) => {}
+                }
+            }
+            more = match self.round().await {
+                Ok(full) => full,
+                Err(e) => {
+                    tracing::warn!(event = "dead_letter_relay_failed", error = format!("{e:#}"));
+                    false
+                }
+            };
+            if let Ok(n) = store::dead_letters_pending(&self.pool).await {
+                self.metrics.dead_letters.pending.set(n);
+            }
+        }
+    }
+
+    /// Publishes one batch of pending rows and marks what the broker
+    /// acknowledged; true when the batch was full (more may be waiting) and
+    /// everything in it went out.
+    async fn round(&self) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let rows = store::lock_pending_dead_letters(&mut tx, DEAD_LETTER_BATCH_MAX).await?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let delivered = self.send(&rows).await;
+        store::mark_dead_letters_published(&mut tx, &delivered).await?;
+        tx.commit().await?;
+        let failed = rows.len() - delivered.len();
+        if failed > 0 {
+            self.metrics.dead_letters.publish_failures_total.inc_by(failed as u64);
+            tracing::warn!(
+                event = "dead_letters_unpublished",
+                failed,
+                topic = self.topic,
+                "the DLQ did not take them; they stay pending and are retried"
+            );
+        }
+        Ok(failed == 0 && rows.len() as i64 == DEAD_LETTER_BATCH_MAX)
+    }
+
+    /// Sends all; returns the `seq` of each row the broker acknowledged.
+    async fn send(&self, rows: &[store::PendingDeadLetter]) -> Vec<i64> {
+        let sends = rows.iter().map(|d| {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "error",
+                    value: Some(d.error.as_str()),
+                })
+                .insert(Header {
+                    key: "detail",
+                    value: Some(d.detail.as_str()),
+                });
+            let key = String::from_utf8_lossy(d.key.as_deref().unwrap_or_default()).into_owned();
+            async move {
+                let sent = self.producer.send(&self.topic, &key, &d.payload, Some(headers)).await;
+                (d.seq, sent)
+            }
+        });
+        let mut delivered = Vec::new();
+        for (seq, sent) in futures::future::join_all(sends).await {
+            match sent {
+                Ok(_) => delivered.push(seq),
+                Err(e) => tracing::debug!(event = "dead_letter_send_failed", seq, error = %e),
+            }
+        }
+        delivered
     }
 }

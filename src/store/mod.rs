@@ -10,12 +10,14 @@
 
 mod accounts;
 mod claims;
+mod dead_letters;
 mod offsets;
 mod payouts;
 mod plans;
 
 pub use accounts::*;
 pub use claims::*;
+pub use dead_letters::*;
 pub use offsets::*;
 pub use payouts::*;
 pub use plans::*;

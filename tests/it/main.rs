@@ -11,6 +11,7 @@ mod midnight_pool;
 mod money_rules;
 mod pipeline;
 mod plan_reload;
+mod poison;
 mod privilege;
 mod properties;
 mod simulate_cli;

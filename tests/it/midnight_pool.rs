@@ -54,7 +54,9 @@ async fn claim_and_poll(api: Api, account: String) -> (String, Answer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spike_against_a_paused_worker_keeps_the_api_ready_and_answering() {
     let env = Env::new(4).await;
-    let api = env.serve("api", &[("CLAIM_WAIT_MS", "500"), ("CLAIMS_IN_FLIGHT_MAX", "150")]).await;
+    let api = env
+        .serve("api", &[("CLAIM_WAIT_MS", "500"), ("CLAIMS_IN_FLIGHT_MAX", "150")])
+        .await;
     let worker = env.serve("worker", &[]).await;
     let as_of = format_instant(crate::harness::now() - Dur::days(2));
     let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("m-{i:04}")).collect();
@@ -177,8 +179,15 @@ async fn reads_stuck_on_a_lock_starve_neither_readiness_nor_claims() {
     let reads = reads.await.unwrap();
     let claim = claim.await.unwrap();
     let shed = reads.iter().filter(|r| r.status == 503).count();
-    eprintln!("midnight pool: {shed} of {} stuck reads shed; claim {}", reads.len(), claim.status);
-    assert!(unready.is_empty(), "readiness failed while reads waited on a lock: {unready:?}");
+    eprintln!(
+        "midnight pool: {shed} of {} stuck reads shed; claim {}",
+        reads.len(),
+        claim.status
+    );
+    assert!(
+        unready.is_empty(),
+        "readiness failed while reads waited on a lock: {unready:?}"
+    );
     for r in &reads {
         assert!(
             r.status == 404 || (r.status == 503 && r.body["code"] == "overloaded"),

@@ -1,7 +1,8 @@
 //! One batch, as a pipeline of named steps: own (fence) → seek → decode →
-//! load → decide → write (notify at commit) → after commit: Kafka commit,
-//! metrics, relay. Everything but `decide` is I/O; `decide` is
-//! [`crate::claims::decide`].
+//! load → decide → write (dead letters to their outbox, notify at commit) →
+//! after commit: Kafka commit, metrics, relays. Everything but `decide` is
+//! I/O; `decide` is [`crate::claims::decide`]. Nothing waits for the broker
+//! while the transaction holds its account locks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,13 +10,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use super::{BatchError, Owned, Worker, WorkerContext};
 use crate::claims::{
-    self, Answered, Claim, ClaimDecision, Context, DeadLetter, Effects, Input, KeyRecord, KeyState, ScopedKey, State,
+    self, Answered, Claim, ClaimDecision, Context, Effects, Input, KeyRecord, KeyState, ScopedKey, State,
 };
 use crate::kafka::{self, ClaimMessage};
 use crate::money::account::CORRECTION_WINDOW_SECS;
@@ -24,17 +25,19 @@ use crate::money::{decode_snapshot, Account, AccountId, IdempotencyKey, Plans};
 use crate::service::api;
 use crate::service::handoff::{OutboxItem, RelayWork};
 use crate::service::plans;
-use crate::store::{self, ClaimResult, OffsetCommit, PayoutRow, Tx};
+use crate::store::{self, ClaimResult, NewDeadLetter, OffsetCommit, PayoutRow, Tx};
 
 pub(super) type Owners = HashMap<(String, i32), Owned>;
-type Tp = (String, i32);
+pub(super) type Tp = (String, i32);
 type Gap = (String, i32, i64);
 
-fn tp(m: &OwnedMessage) -> Tp {
+pub(super) fn tp(m: &OwnedMessage) -> Tp {
     (m.topic().to_owned(), m.partition())
 }
 
 impl Worker {
+    /// One batch: own its partitions, seek back over gaps, then apply the
+    /// fresh messages (isolating a poison message: [`super::poison`]).
     pub(super) async fn apply_batch(
         &self,
         consumer: &StreamConsumer<WorkerContext>,
@@ -45,8 +48,22 @@ impl Worker {
         self.own(owned, batch, owner).await?;
         let gaps = seek_gaps(consumer, owned, batch)?;
         let fresh = fresh(owned, batch, &gaps);
-        let plans = self.plans_for(&fresh).await;
-        let inputs: Vec<Input> = fresh.iter().filter_map(|m| self.decode(m, &plans)).collect();
+        self.apply_isolating(consumer, owned, &fresh).await
+    }
+
+    /// Applies fresh messages (in offset order per partition) in ONE
+    /// transaction, with their dead letters and offsets.
+    pub(super) async fn apply_part(
+        &self,
+        consumer: &StreamConsumer<WorkerContext>,
+        owned: &mut Owners,
+        fresh: &[&OwnedMessage],
+    ) -> Result<(), BatchError> {
+        let plans = self.plans_for(fresh).await;
+        let (inputs, offsets): (Vec<Input>, Vec<i64>) = fresh
+            .iter()
+            .filter_map(|m| Some((self.decode(m, &plans)?, m.offset())))
+            .unzip();
         let now = self.clock.now();
         let mut tx = self.pool.begin().await.map_err(anyhow::Error::from)?;
         let mut state = load(&mut tx, &inputs, now).await?;
@@ -66,9 +83,8 @@ impl Worker {
             claims_per_day: self.settings.claims_per_day,
         };
         let fx = claims::decide(&mut state, &inputs, &cx, &mut |_| Uuid::now_v7().to_string());
-        self.send_to_dlq(&fx.dead_letters).await?;
-        let next = next_offsets(&fresh);
-        let rows = Rows::of(&fx);
+        let next = next_offsets(fresh);
+        let rows = Rows::of(&fx, &inputs, &offsets);
         if let Err(e) = write(&mut tx, &state, &fx, &rows, now, &commits(&next, owned)).await {
             if let BatchError::Fenced(_) = e {
                 tx.rollback().await.map_err(anyhow::Error::from)?;
@@ -145,31 +161,7 @@ impl Worker {
         })
     }
 
-    /// Dead letters are acknowledged by the broker before the offsets commit:
-    /// a reject is never lost (it may be sent twice after a crash).
-    async fn send_to_dlq(&self, dlq: &[DeadLetter]) -> anyhow::Result<()> {
-        let topic = self.settings.topic(kafka::SNAPSHOTS_DLQ);
-        let sends = dlq.iter().map(|d| {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "error",
-                    value: Some(d.code),
-                })
-                .insert(Header {
-                    key: "detail",
-                    value: Some(d.detail.as_str()),
-                });
-            let key = String::from_utf8_lossy(d.key.as_deref().unwrap_or_default()).into_owned();
-            let topic = topic.clone();
-            async move { self.producer.send(&topic, &key, &d.raw, Some(headers)).await }
-        });
-        for r in futures::future::join_all(sends).await {
-            r?;
-        }
-        Ok(())
-    }
-
-    /// Durable: advance in memory, tell Kafka (for lag tooling), count, wake the relay.
+    /// Durable: advance in memory, tell Kafka (for lag tooling), count, wake the relays.
     async fn after_commit(
         &self,
         consumer: &StreamConsumer<WorkerContext>,
@@ -188,6 +180,9 @@ impl Worker {
             tracing::debug!(event = "kafka_commit_failed", error = %e);
         }
         self.record(fx, rows, applied);
+        if !rows.dead_letters.is_empty() {
+            self.dead_letters.notify_one();
+        }
         if !rows.payouts.is_empty() {
             let items = rows
                 .payouts
@@ -232,7 +227,7 @@ impl Worker {
 }
 
 /// A claims-topic message with its ids parsed; `None` (logged) if they are invalid.
-fn claim_message(c: ClaimMessage) -> Option<claims::Message> {
+pub(super) fn claim_message(c: ClaimMessage) -> Option<claims::Message> {
     match c {
         ClaimMessage::Claim {
             claim_id,
@@ -442,10 +437,12 @@ struct Rows {
     claims: Vec<ClaimResult>,
     payouts: Vec<PayoutRow>,
     answered: Vec<Answered>,
+    dead_letters: Vec<NewDeadLetter>,
 }
 
 impl Rows {
-    fn of(fx: &Effects) -> Rows {
+    /// `offsets[i]` is the offset `inputs[i]` was consumed at.
+    fn of(fx: &Effects, inputs: &[Input], offsets: &[i64]) -> Rows {
         let payouts = fx
             .payouts
             .iter()
@@ -472,8 +469,35 @@ impl Rows {
             claims: fx.claims.iter().map(claim_row).collect(),
             payouts,
             answered,
+            dead_letters: dead_letter_rows(fx, inputs, offsets),
         }
     }
+}
+
+/// The batch's dead letters as outbox rows, each with the partition and
+/// offset it was consumed at: the snapshots `decide` refused, in order.
+fn dead_letter_rows(fx: &Effects, inputs: &[Input], offsets: &[i64]) -> Vec<NewDeadLetter> {
+    let sources: Vec<(i32, i64)> = inputs
+        .iter()
+        .zip(offsets)
+        .filter(|(i, _)| matches!(i.message, claims::Message::Snapshot { .. }))
+        .zip(&fx.snapshots)
+        .filter(|(_, outcome)| outcome.is_err())
+        .map(|((i, offset), _)| (i.partition, *offset))
+        .collect();
+    // One refused snapshot per dead letter; should that ever change, keep the letters without a source.
+    let paired = sources.len() == fx.dead_letters.len();
+    fx.dead_letters
+        .iter()
+        .enumerate()
+        .map(|(n, d)| NewDeadLetter {
+            key: d.key.clone(),
+            payload: d.raw.clone(),
+            error: d.code.to_owned(),
+            detail: d.detail.clone(),
+            source: paired.then(|| sources[n]),
+        })
+        .collect()
 }
 
 fn claim_row(d: &ClaimDecision) -> ClaimResult {
@@ -492,8 +516,8 @@ fn claim_row(d: &ClaimDecision) -> ClaimResult {
     }
 }
 
-/// One transaction: state, points, answers and keys, payouts and outbox, the
-/// fenced offsets, and the NOTIFY the API hears at commit.
+/// One transaction: state, points, answers and keys, payouts and outbox, dead
+/// letters, the fenced offsets, and the NOTIFY the API hears at commit.
 async fn write(
     tx: &mut Tx<'_>,
     state: &State,
@@ -507,6 +531,7 @@ async fn write(
     store::insert_points(tx, &fx.new_points, now).await?;
     store::store_claim_results(tx, &rows.claims).await?;
     store::insert_payouts(tx, &rows.payouts).await?;
+    store::insert_dead_letters(tx, &rows.dead_letters).await?;
     let fenced = store::commit_offsets(tx, commits).await?;
     if !fenced.is_empty() {
         return Err(BatchError::Fenced(fenced));

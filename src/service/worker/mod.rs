@@ -4,12 +4,15 @@
 //! partition's owner epoch), then wakes the outbox relay.
 //!
 //! This file is the consumer loop (batching, rebalances, retries); the steps
-//! of one batch are in [`batch`]; what a batch decides is [`crate::claims`].
+//! of one batch are in [`batch`]; what a batch decides is [`crate::claims`];
+//! [`poison`] splits a batch that fails deterministically and moves the one
+//! message that cannot be applied aside, so no message stalls a partition.
 //!
 //! Batching is what makes the midnight spike cheap: a few statements per
 //! thousand claims instead of a transaction per claim.
 
 mod batch;
+mod poison;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -110,13 +113,14 @@ pub struct Worker {
     pub stream: Stream,
     pub settings: Settings,
     pub pool: PgPool,
-    pub producer: Arc<kafka::ResilientProducer>,
     pub metrics: Metrics,
     pub plans: Arc<RwLock<Arc<Plans>>>,
     pub clock: Clock,
     pub status: Arc<Mutex<WorkerStatus>>,
     /// Committed payouts go to the relay, in commit order.
     pub relay: mpsc::Sender<RelayWork>,
+    /// Woken after a commit that wrote dead letters (the dead-letter relay publishes them).
+    pub dead_letters: Arc<tokio::sync::Notify>,
 }
 
 /// How long the worker waits for more messages to fill a batch.
@@ -125,7 +129,8 @@ const BATCH_LINGER: Duration = Duration::from_millis(15);
 const LAG_INTERVAL: Duration = Duration::from_secs(3);
 /// A worker that received no partitions reports ready after this (an idle standby).
 const STANDBY_READY_AFTER: Duration = Duration::from_secs(15);
-/// Retry pause after a failed batch (database down, deadlock, fenced).
+/// Retry pause after a transient failure (database down, deadlock, fenced):
+/// the batch is retried whole (what already committed is skipped).
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 impl Worker {
