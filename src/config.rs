@@ -48,8 +48,10 @@ pub struct ApiClient {
 }
 
 /// `API_TOKENS`: comma-separated entries, each a plain token (its own client)
-/// or `name:token` (the client `name`, 1–64 of `[A-Za-z0-9._-]`). A token
-/// holding `:` must be given in the named form.
+/// or `name:token` (the client `name`, 1–64 of `[A-Za-z0-9._-]`). One name
+/// may have several tokens (rotation: `backend:old,backend:new`, then drop
+/// the old one); they share the client's keys. A token holding `:` must be
+/// given in the named form.
 pub fn parse_api_tokens(raw: &str) -> Result<Vec<ApiClient>, ConfigError> {
     let mut clients: Vec<ApiClient> = Vec::new();
     for entry in raw.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -72,12 +74,6 @@ pub fn parse_api_tokens(raw: &str) -> Result<Vec<ApiClient>, ConfigError> {
                 token: SecretString::from(entry.to_owned()),
             },
         };
-        if clients.iter().any(|c| c.client_id == client.client_id) {
-            return Err(ConfigError(format!(
-                "API_TOKENS names the client {:?} twice",
-                client.client_id
-            )));
-        }
         clients.push(client);
     }
     Ok(clients)
@@ -286,8 +282,14 @@ mod tests {
         assert_eq!(c[1].token.expose_secret(), "tok-b");
         // The plain form's identity does not depend on the order of the list.
         assert_eq!(parse_api_tokens("tok-c,tok-a").unwrap()[1].client_id, ids[0]);
-        for bad in ["a:", ":tok", "bad name:tok", "x:1,x:2", "tok,tok"] {
+        for bad in ["a:", ":tok", "bad name:tok", "na/me:tok"] {
             assert!(parse_api_tokens(bad).is_err(), "{bad:?}");
         }
+        // Rotation: two tokens of one client share its scope.
+        let r = parse_api_tokens("backend:old,backend:new").unwrap();
+        assert_eq!(
+            (r[0].client_id.as_str(), r[1].client_id.as_str()),
+            ("backend", "backend")
+        );
     }
 }
