@@ -85,6 +85,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/accounts/{account_id}/interest", get(get_interest))
         .route("/v1/accounts/{account_id}/interest/claims", post(post_claim))
         .route("/v1/claims/{claim_id}", get(get_claim))
+        .route(
+            "/v1/accounts/{account_id}/interest/payouts",
+            get(crate::service::history::get_payouts),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     v1.fallback(|| async { problem_response("not_found", 404, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -96,6 +100,11 @@ pub fn router(state: ApiState) -> Router {
 /// A problem+json response.
 pub fn problem_response(code: &str, status: u16, detail: impl Into<String>) -> Response {
     json_response(status, problem(code, status, detail), false)
+}
+
+/// A 200 with a JSON body.
+pub(crate) fn json_ok(body: Value) -> Response {
+    json_response(200, body, false)
 }
 
 fn json_response(status: u16, body: Value, replayed: bool) -> Response {
@@ -165,14 +174,14 @@ fn token_client<'a>(configured: &'a [ApiClient], presented: &str) -> Option<&'a 
 }
 
 #[allow(clippy::result_large_err)] // a ready response, built once on the error path
-fn parse_account(raw: &str) -> Result<AccountId, Response> {
+pub(crate) fn parse_account(raw: &str) -> Result<AccountId, Response> {
     AccountId::try_from(raw).map_err(|e| refuse("invalid_account_id", 400, e.detail))
 }
 
 /// A path segment as text; one that does not decode is answered with `code`.
-type RawPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
+pub(crate) type RawPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
 
-fn path_text(raw: RawPath) -> String {
+pub(crate) fn path_text(raw: RawPath) -> String {
     // An undecodable segment cannot be a valid id: the parsers refuse the empty string.
     raw.map(|Path(p)| p).unwrap_or_default()
 }

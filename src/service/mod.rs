@@ -9,6 +9,7 @@
 pub mod api;
 pub mod app;
 pub mod handoff;
+pub mod history;
 pub mod http;
 pub mod plans;
 pub mod problem;

@@ -26,6 +26,7 @@ pub fn title(code: &str) -> &'static str {
         "claim_withdrawn" => "Claim withdrawn, not paid",
         "claim_failed" => "Claim could not be applied, not paid",
         "not_found" => "Not found",
+        "invalid_query" => "Invalid query parameters",
         "method_not_allowed" => "Method not allowed",
         _ => "Internal error",
     }

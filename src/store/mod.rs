@@ -11,6 +11,7 @@
 mod accounts;
 mod claims;
 mod dead_letters;
+mod history;
 mod offsets;
 mod payouts;
 mod plans;
@@ -18,6 +19,7 @@ mod plans;
 pub use accounts::*;
 pub use claims::*;
 pub use dead_letters::*;
+pub use history::*;
 pub use offsets::*;
 pub use payouts::*;
 pub use plans::*;

@@ -4,6 +4,7 @@ mod drills;
 mod faults;
 mod finance;
 mod harness;
+mod history;
 mod hostile;
 mod http_limits;
 mod idempotency;
