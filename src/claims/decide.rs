@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::answer::{ClaimAnswer, KeyRecord, KeyState, KeyWrite, ScopedKey};
 use crate::money::{
     Account, AccountId, Currency, IdempotencyKey, ParseError, Payout, Plans, Point, Snapshot, SnapshotOutcome,
+    TaxProfile,
 };
 use crate::wire::PayoutJson;
 
@@ -87,6 +88,8 @@ pub struct PaidOut {
     pub claim_id: Option<Uuid>,
     pub idempotency_key: Option<String>,
     pub account_id: AccountId,
+    /// The withholding profile the taxes were computed under.
+    pub tax_profile: TaxProfile,
     pub partition: i32,
     pub payout: Payout,
     /// What the outbox publishes (and a claim's 201 shows).
@@ -157,7 +160,7 @@ pub fn decide(
                 if let Some(acc) = state.accounts.get_mut(account_id) {
                     if let Some(payout) = acc.settle(cx.plans, *date, *run_at) {
                         let id = payout_id(acc.id());
-                        pay(&mut fx, acc.id(), payout, id, None, input.partition);
+                        pay(&mut fx, acc, payout, id, None, input.partition);
                     }
                     fx.touched.insert(account_id.clone());
                 }
@@ -246,7 +249,7 @@ fn claim(
                 let key = Some(c.key.as_str().to_owned());
                 let body = pay(
                     fx,
-                    &c.account_id,
+                    acc,
                     payout,
                     id.clone(),
                     Some((c.claim_id, key)),
@@ -276,19 +279,20 @@ fn claim(
 /// Records a payout; returns its wire body.
 fn pay(
     fx: &mut Effects,
-    account_id: &AccountId,
+    account: &Account,
     payout: Payout,
     payout_id: String,
     claim: Option<(Uuid, Option<String>)>,
     partition: i32,
 ) -> PayoutJson {
-    let body = PayoutJson::new(&payout_id, account_id, &payout);
+    let body = PayoutJson::new(&payout_id, account.id(), &payout);
     let (claim_id, idempotency_key) = claim.unzip();
     fx.payouts.push(PaidOut {
         payout_id,
         claim_id,
         idempotency_key: idempotency_key.flatten(),
-        account_id: account_id.clone(),
+        account_id: account.id().clone(),
+        tax_profile: account.tax_profile(),
         partition,
         payout,
         body: body.clone(),

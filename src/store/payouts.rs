@@ -15,6 +15,8 @@ pub struct PayoutRow {
     pub claim_id: Option<Uuid>,
     pub idempotency_key: Option<String>,
     pub account_id: String,
+    /// The withholding profile the taxes were computed under.
+    pub tax_profile: crate::money::TaxProfile,
     pub partition: i32,
     pub payout: crate::money::Payout,
     pub body: PayoutJson,
@@ -32,13 +34,14 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
     sqlx::query(
         "INSERT INTO interest_payouts (payout_id, claim_id, account_id, kind, business_date, period_start, period_end,
              plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency, idempotency_key, accepted_at,
-             accrued_units, carried_in_units, carried_out_units, dropped_units)
+             accrued_units, carried_in_units, carried_out_units, dropped_units, tax_profile)
          SELECT id, cid, a, k, d, ps, pe, plan, rates::jsonb, g::numeric, it::numeric, lt::numeric, rt::numeric,
-                adj::numeric, n::numeric, cur, ik, acc, au::numeric, ci::numeric, co::numeric, du::numeric
+                adj::numeric, n::numeric, cur, ik, acc, au::numeric, ci::numeric, co::numeric, du::numeric, tp
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::date[], $6::timestamptz[], $7::timestamptz[],
                      $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                     $16::text[], $17::text[], $18::timestamptz[], $19::text[], $20::text[], $21::text[], $22::text[])
-           AS t(id, cid, a, k, d, ps, pe, plan, rates, g, it, lt, rt, adj, n, cur, ik, acc, au, ci, co, du)",
+                     $16::text[], $17::text[], $18::timestamptz[], $19::text[], $20::text[], $21::text[], $22::text[],
+                     $23::text[])
+           AS t(id, cid, a, k, d, ps, pe, plan, rates, g, it, lt, rt, adj, n, cur, ik, acc, au, ci, co, du, tp)",
     )
     .bind(rows.iter().map(|r| r.payout_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.claim_id).collect::<Vec<_>>())
@@ -62,6 +65,7 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
     .bind(rows.iter().map(|r| units_text(r.payout.carried_in)).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| units_text(r.payout.carried_out)).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| units_text(r.payout.dropped)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.tax_profile.as_str()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await
     .context("inserting payouts")?;

@@ -941,10 +941,10 @@ async fn reconcile_names_the_accounts_whose_money_does_not_add_up() {
         "DELETE FROM payout_outbox WHERE payout_id IN (SELECT payout_id FROM interest_payouts WHERE account_id = 't-outbox')",
         "INSERT INTO interest_payouts (payout_id, claim_id, account_id, kind, business_date, period_start, period_end,
              plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency, accrued_units,
-             carried_in_units, carried_out_units, dropped_units, idempotency_key, accepted_at)
+             carried_in_units, carried_out_units, dropped_units, idempotency_key, accepted_at, tax_profile)
          SELECT gen_random_uuid(), NULL, account_id, 'auto', business_date, period_start + interval '1 hour', period_end,
              plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency, accrued_units,
-             carried_in_units, carried_out_units, dropped_units, NULL, accepted_at
+             carried_in_units, carried_out_units, dropped_units, NULL, accepted_at, tax_profile
          FROM interest_payouts WHERE account_id = 't-overlap'",
         "INSERT INTO payout_outbox (payout_id, partition, message_key, payload, published_at)
          SELECT payout_id, 0, account_id, '{}', now() FROM interest_payouts WHERE account_id = 't-overlap' AND kind = 'auto'",

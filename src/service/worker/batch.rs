@@ -451,6 +451,7 @@ impl Rows {
                 claim_id: p.claim_id,
                 idempotency_key: p.idempotency_key.clone(),
                 account_id: p.account_id.to_string(),
+                tax_profile: p.tax_profile,
                 partition: p.partition,
                 payout: p.payout.clone(),
                 body: p.body.clone(),

@@ -9,9 +9,9 @@ INSERT INTO baseline.idempotency_keys (idempotency_key, account_id, claim_id, st
 WITH p AS (
   INSERT INTO baseline.interest_payouts (payout_id, claim_id, account_id, kind, business_date, period_start, period_end,
       plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency, idempotency_key, accepted_at,
-      accrued_units, carried_in_units, carried_out_units, dropped_units)
+      accrued_units, carried_in_units, carried_out_units, dropped_units, tax_profile)
   SELECT gen_random_uuid(), gen_random_uuid(), 'acct-' || lpad(g::text, 6, '0'), 'claim', current_date, clock_timestamp(),
-      clock_timestamp(), 'basic', '[]', 100, 10, 0, 0, 0, 90, 'KRW', 'b', now(), 1385061120000000000000, 0, 0, 0
+      clock_timestamp(), 'basic', '[]', 100, 10, 0, 0, 0, 90, 'KRW', 'b', now(), 1385061120000000000000, 0, 0, 0, 'standard'
   FROM generate_series(:s, :s + 999) g
   RETURNING payout_id)
 INSERT INTO baseline.payout_outbox (payout_id, partition, message_key, payload) SELECT payout_id, 0, 'k', '{}' FROM p;
