@@ -59,6 +59,10 @@ pub struct CloseDayArgs {
     /// How long to wait for the workers to apply every claim message queued before the run.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=3_600))]
     pub wait_seconds: u32,
+    /// Recompute every account from its whole history instead of from the
+    /// previous day's row (the check of the incremental close; same rows).
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Debug, Args)]
