@@ -75,7 +75,11 @@ pub fn journal_since(plans: &Plans, points: &[Received], cutoff: i64, start: Sta
 
 /// Per account of the page: D−1's closing row, the day's earliest news and
 /// its payouts (one statement, index lookups per account).
-pub async fn load_starts(pool: &PgPool, day: &Day, accounts: &[&PageAccount]) -> anyhow::Result<HashMap<String, Start>> {
+pub async fn load_starts(
+    pool: &PgPool,
+    day: &Day,
+    accounts: &[&PageAccount],
+) -> anyhow::Result<HashMap<String, Start>> {
     let ids: Vec<&str> = accounts.iter().map(|a| a.account_id.as_str()).collect();
     let currency: HashMap<&str, Currency> = accounts.iter().map(|a| (a.account_id.as_str(), a.currency)).collect();
     let previous = day.date.pred_opt().context("date out of range")?;
@@ -193,7 +197,13 @@ mod tests {
     /// Points (seq order, as_of non-decreasing) each received on time or days late.
     fn points() -> impl Strategy<Value = Vec<Received>> {
         let hours = |max: i64| prop_oneof![3 => (0..max).prop_map(|h| h * 3_600_000), 1 => 0..max * 3_600_000];
-        let one = (hours(60), hours(24), prop::bool::weighted(0.3), 0i64..=10_000_000_000, prop::bool::ANY);
+        let one = (
+            hours(60),
+            hours(24),
+            prop::bool::weighted(0.3),
+            0i64..=10_000_000_000,
+            prop::bool::ANY,
+        );
         prop::collection::vec(one, 1..14).prop_map(|v| {
             let mut as_of = T0 * 1_000 - 2 * DAY * 1_000;
             v.into_iter()
@@ -234,7 +244,9 @@ mod tests {
     }
 
     fn start_of(points: &[Received], payouts: &[(DateTime<Utc>, i128)], previous: &Journal, day: &Day) -> Start {
-        let news = points.iter().filter(|r| r.received_at >= day.t0 && r.received_at < day.t);
+        let news = points
+            .iter()
+            .filter(|r| r.received_at >= day.t0 && r.received_at < day.t);
         Start {
             previous_end: Some(previous.liability_end),
             first_news: news.map(|r| r.point.as_of).min(),
