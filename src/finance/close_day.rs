@@ -219,10 +219,10 @@ async fn watermarks(settings: &Settings, topic: &str) -> anyhow::Result<Vec<(i32
     .await?
 }
 
-struct PageAccount {
-    account_id: String,
-    currency: Currency,
-    done: bool,
+pub(super) struct PageAccount {
+    pub(super) account_id: String,
+    pub(super) currency: Currency,
+    pub(super) done: bool,
 }
 
 /// The next page of accounts that existed by T (keyset on account_id), each
@@ -299,8 +299,9 @@ fn check_plans(plans: &Plans, account: &PageAccount, points: &[Received]) -> any
     Ok(())
 }
 
-/// The full computation, from every point and payout ever (see the module docs).
-async fn compute_whole(
+/// The full computation, from every point and payout ever (see the module
+/// docs); `reconcile --recompute` checks the stored rows against it.
+pub(super) async fn compute_whole(
     pool: &PgPool,
     plans: &Plans,
     day: &Day,

@@ -123,6 +123,10 @@ pub struct ReconcileArgs {
     /// Problems listed at most (all are counted).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub show_max: u32,
+    /// Also recompute every journal row of D from the account's whole history
+    /// and compare (an audit of the incremental close; its cost grows with history).
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 /// Runs a finance command. Errors are one line; `reconcile` returns an error

@@ -1235,6 +1235,32 @@ async fn the_incremental_close_writes_the_rows_of_the_full_recomputation_day_aft
     );
     assert!(from_previous(&out) > 0, "{out}");
     assert_eq!(journal(&env, dates[6]).await, incremental[6]);
+    let audit = ok(
+        run_at(&env, &["reconcile", "--date", &d, "--recompute"], later),
+        "audit",
+    );
+    assert!(audit.contains("rows recomputed from the whole history"), "{audit}");
+    // A row that still adds up and continues the chain, but moves accrual into corrections:
+    // only the recomputation sees it.
+    sqlx::query(
+        "UPDATE daily_accruals SET accrued_units = accrued_units + 1, corrections_units = corrections_units - 1,
+                accrued = accrued WHERE business_date = $1 AND account_id = 'h-004'",
+    )
+    .bind(dates[6])
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    ok(
+        run_at(&env, &["reconcile", "--date", &d], later),
+        "reconcile without the audit",
+    );
+    let audit = run_at(&env, &["reconcile", "--date", &d, "--recompute"], later);
+    assert_eq!(audit.status.code(), Some(1), "{}", text(&audit.stdout));
+    assert!(
+        text(&audit.stdout).contains("(b) account h-004: stored"),
+        "{}",
+        text(&audit.stdout)
+    );
     env.drop_db().await;
 }
 
