@@ -282,21 +282,23 @@ impl Account {
     }
 
     /// Core banking credits `amount` (simulation only): the balance in force
-    /// at `at` grows by it, as a new point after every known one.
-    pub fn credit(&mut self, at: DateTime<Utc>, amount: Minor) {
+    /// at `at` grows by it, as a new point after every known one. Paid
+    /// interest is not corrected (the credit follows its payout).
+    pub fn credit(&mut self, plans: &Plans, at: DateTime<Utc>, amount: Minor) {
         let current = point_at(&self.points, at.timestamp())
             .expect("a paid account has a point")
             .clone();
         let as_of = at.max(self.points.last().expect("point").as_of);
-        // A new last point at or after C changes nothing before the checkpoint.
-        assert!(as_of.timestamp() >= self.checkpoint.at, "credit before the checkpoint");
         self.last_seq += 1;
-        self.points.push(Point {
+        let point = Point {
             seq: self.last_seq,
             as_of,
             balance: Minor(current.balance.0 + amount.0),
             plan: current.plan,
-        });
+        };
+        let adjustment = self.insert_point(plans, self.points.len(), point, EpochSecs::MAX, false);
+        debug_assert_eq!(adjustment, Accrued::ZERO);
+        self.keep_checkpoint_current(plans);
     }
 }
 
