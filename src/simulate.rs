@@ -106,7 +106,7 @@ impl Simulator {
                     PayoutKind::Auto => p.payout.period_end,
                 };
                 let acc = self.state.accounts.get_mut(p.account_id.as_str()).expect("paid");
-                acc.credit(at, p.payout.net);
+                acc.credit(&self.plans, at, p.payout.net);
             }
         }
         fx

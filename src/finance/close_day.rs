@@ -20,6 +20,17 @@
 //! paid            = P(T) − P(T0)
 //! corrections     = liability_end − liability_start − accrued + paid  (= A_T(T0) − A_T0(T0))
 //! ```
+//!
+//! That is the full computation ([`journal`]), from every point and payout
+//! ever: the fallback for an account without a row for D−1 (its first day,
+//! or a row missing) and what `--full` forces. Every other account is closed
+//! incrementally ([`incremental`]): from D−1's `liability_end` plus the day's
+//! points and payouts, bit-identical and at a cost that does not grow with
+//! the account's age.
+
+mod incremental;
+
+pub use incremental::{cutoff, journal_since, Start};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -101,6 +112,7 @@ pub async fn run(settings: &Settings, args: &CloseDayArgs) -> anyhow::Result<()>
         .await
         .context("recording the close")?;
     let (mut written, mut skipped) = (0_u64, 0_u64);
+    let (mut from_previous, mut from_history) = (0_u64, 0_u64);
     let mut after = String::new();
     loop {
         let page = load_page(&pool, &day, &after, args.page_size).await?;
@@ -111,7 +123,9 @@ pub async fn run(settings: &Settings, args: &CloseDayArgs) -> anyhow::Result<()>
         if todo.is_empty() {
             continue;
         }
-        let rows = compute(&pool, &plans, &day, &todo).await?;
+        let (rows, whole) = compute(&pool, &plans, &day, &todo, args.full).await?;
+        from_history += whole;
+        from_previous += rows.len() as u64 - whole;
         let n = insert(&pool, &day, &rows).await?;
         written += n;
         skipped += rows.len() as u64 - n;
@@ -125,7 +139,13 @@ pub async fn run(settings: &Settings, args: &CloseDayArgs) -> anyhow::Result<()>
     .fetch_one(&pool)
     .await
     .context("completing the close")?;
-    print_summary(&pool, &day, written, skipped, accounts).await
+    print_summary(&pool, &day, written, skipped, accounts).await?;
+    println!(
+        "  computed: {from_previous} from the previous day's row, {from_history} from their whole history \
+         (no row for the previous day{})",
+        if args.full { ", or --full" } else { "" }
+    );
+    Ok(())
 }
 
 /// The cut is complete only when every claim accepted before T is applied.
@@ -199,10 +219,10 @@ async fn watermarks(settings: &Settings, topic: &str) -> anyhow::Result<Vec<(i32
     .await?
 }
 
-struct PageAccount {
-    account_id: String,
-    currency: Currency,
-    done: bool,
+pub(super) struct PageAccount {
+    pub(super) account_id: String,
+    pub(super) currency: Currency,
+    pub(super) done: bool,
 }
 
 /// The next page of accounts that existed by T (keyset on account_id), each
@@ -240,23 +260,27 @@ struct RowOut<'a> {
     journal: Journal,
 }
 
+/// The page's rows (in page order) and how many came from the whole history.
 async fn compute<'a>(
     pool: &PgPool,
     plans: &Plans,
     day: &Day,
     accounts: &[&'a PageAccount],
-) -> anyhow::Result<Vec<RowOut<'a>>> {
-    let ids: Vec<&str> = accounts.iter().map(|a| a.account_id.as_str()).collect();
-    let mut points = load_points(pool, &ids, day, accounts).await?;
-    let mut paid = load_paid(pool, &ids, day, accounts).await?;
+    full: bool,
+) -> anyhow::Result<(Vec<RowOut<'a>>, u64)> {
+    let starts = if full {
+        HashMap::new()
+    } else {
+        incremental::load_starts(pool, day, accounts).await?
+    };
+    let (since, whole): (Vec<&PageAccount>, Vec<&PageAccount>) = accounts
+        .iter()
+        .partition(|a| starts.get(&a.account_id).is_some_and(|s| s.previous_end.is_some()));
+    let mut journals = compute_whole(pool, plans, day, &whole).await?;
+    journals.extend(compute_since(pool, plans, day, &since, &starts).await?);
     let mut out = Vec::with_capacity(accounts.len());
     for account in accounts {
-        let pts = points.remove(&account.account_id).unwrap_or_default();
-        if let Some(p) = pts.iter().find(|r| plans.get(&r.point.plan).is_none()) {
-            anyhow::bail!("account {}: unknown plan {:?}", account.account_id, p.point.plan);
-        }
-        let (paid_t0, paid_t) = paid.remove(&account.account_id).unwrap_or_default();
-        let journal = journal(plans, &pts, paid_t0, paid_t, day);
+        let journal = journals.remove(&account.account_id).expect("computed above");
         // Asserted here before the write; the table repeats it as a CHECK.
         anyhow::ensure!(
             journal.holds(),
@@ -264,6 +288,63 @@ async fn compute<'a>(
             account.account_id
         );
         out.push(RowOut { account, journal });
+    }
+    Ok((out, whole.len() as u64))
+}
+
+fn check_plans(plans: &Plans, account: &PageAccount, points: &[Received]) -> anyhow::Result<()> {
+    if let Some(p) = points.iter().find(|r| plans.get(&r.point.plan).is_none()) {
+        anyhow::bail!("account {}: unknown plan {:?}", account.account_id, p.point.plan);
+    }
+    Ok(())
+}
+
+/// The full computation, from every point and payout ever (see the module
+/// docs); `reconcile --recompute` checks the stored rows against it.
+pub(super) async fn compute_whole(
+    pool: &PgPool,
+    plans: &Plans,
+    day: &Day,
+    accounts: &[&PageAccount],
+) -> anyhow::Result<HashMap<String, Journal>> {
+    if accounts.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<&str> = accounts.iter().map(|a| a.account_id.as_str()).collect();
+    let mut points = load_points(pool, &ids, day, accounts).await?;
+    let mut paid = load_paid(pool, &ids, day, accounts).await?;
+    let mut out = HashMap::with_capacity(accounts.len());
+    for account in accounts {
+        let pts = points.remove(&account.account_id).unwrap_or_default();
+        check_plans(plans, account, &pts)?;
+        let (paid_t0, paid_t) = paid.remove(&account.account_id).unwrap_or_default();
+        out.insert(account.account_id.clone(), journal(plans, &pts, paid_t0, paid_t, day));
+    }
+    Ok(out)
+}
+
+/// The incremental close, from D−1's row and the day's news.
+async fn compute_since(
+    pool: &PgPool,
+    plans: &Plans,
+    day: &Day,
+    accounts: &[&PageAccount],
+    starts: &HashMap<String, Start>,
+) -> anyhow::Result<HashMap<String, Journal>> {
+    if accounts.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let cutoffs: Vec<(&PageAccount, i64)> = accounts
+        .iter()
+        .map(|a| (*a, cutoff(day, starts[&a.account_id].first_news)))
+        .collect();
+    let mut points = incremental::load_window(pool, day, &cutoffs).await?;
+    let mut out = HashMap::with_capacity(accounts.len());
+    for (account, cut) in cutoffs {
+        let pts = points.remove(&account.account_id).unwrap_or_default();
+        check_plans(plans, account, &pts)?;
+        let start = starts[&account.account_id];
+        out.insert(account.account_id.clone(), journal_since(plans, &pts, cut, start, day));
     }
     Ok(out)
 }

@@ -59,6 +59,10 @@ pub struct CloseDayArgs {
     /// How long to wait for the workers to apply every claim message queued before the run.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=3_600))]
     pub wait_seconds: u32,
+    /// Recompute every account from its whole history instead of from the
+    /// previous day's row (the check of the incremental close; same rows).
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +123,10 @@ pub struct ReconcileArgs {
     /// Problems listed at most (all are counted).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub show_max: u32,
+    /// Also recompute every journal row of D from the account's whole history
+    /// and compare (an audit of the incremental close; its cost grows with history).
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 /// Runs a finance command. Errors are one line; `reconcile` returns an error

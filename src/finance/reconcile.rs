@@ -8,7 +8,9 @@
 //! - (b) every `daily_accruals` row of D: its identity, its `paid_units` against
 //!   the payouts accepted in [T0, T), its `liability_start` against the previous
 //!   day's `liability_end`, its display columns; and, once close-day completed,
-//!   that every account that existed by T has its row;
+//!   that every account that existed by T has its row; with `--recompute`,
+//!   every row against the full recomputation from the account's whole
+//!   history (close-day builds D from D−1's row: this audits the chain);
 //! - (c) every payout of D has an outbox row that was published;
 //! - (d) no payout of D overlaps (non-empty periods) another payout of the account.
 //!
@@ -23,9 +25,10 @@ use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Row};
 
+use super::close_day::{compute_whole, Journal, PageAccount};
 use super::{display, kst, major_to_units, units, Day, ReconcileArgs};
 use crate::config::Settings;
-use crate::money::Currency;
+use crate::money::{Currency, Plans};
 
 /// What failed, for one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +61,13 @@ pub async fn run(settings: &Settings, args: &ReconcileArgs) -> anyhow::Result<()
     let mut report = Report::default();
     check_payouts(&pool, &day, &mut report).await?;
     check_journal(&pool, &day, &mut report).await?;
+    if args.recompute {
+        let plans = crate::store::load_plans(&pool, settings.default_plan.as_deref()).await?;
+        let n = check_recomputed(&pool, &plans, &day, &mut report).await?;
+        report.lines.push(format!(
+            "(b) daily_accruals: {n} rows recomputed from the whole history"
+        ));
+    }
     check_outbox(&pool, &day, &mut report).await?;
     check_overlaps(&pool, &day, &mut report).await?;
     let n = report.problems.len();
@@ -313,6 +323,58 @@ fn journal_row(r: &sqlx::postgres::PgRow) -> anyhow::Result<JournalRow> {
         paid_gross: r.get::<&str, _>("pay_gross").parse()?,
         paid_dropped: units(r.get("pay_dropped"))?,
     })
+}
+
+/// Accounts recomputed per statement by `--recompute`.
+const RECOMPUTE_PAGE_SIZE: i64 = 500;
+
+/// (b, `--recompute`) D's rows against the full computation, page by page.
+/// Returns the number of rows recomputed.
+async fn check_recomputed(pool: &PgPool, plans: &Plans, day: &Day, report: &mut Report) -> anyhow::Result<u64> {
+    let (mut after, mut checked) = (String::new(), 0_u64);
+    loop {
+        let rows = sqlx::query(
+            "SELECT account_id, currency, accrued_units::text AS au, corrections_units::text AS cu,
+                    paid_units::text AS pu, liability_start_units::text AS ls, liability_end_units::text AS le
+             FROM daily_accruals WHERE business_date = $1 AND account_id > $2 ORDER BY account_id LIMIT $3",
+        )
+        .bind(day.date)
+        .bind(&after)
+        .bind(RECOMPUTE_PAGE_SIZE)
+        .fetch_all(pool)
+        .await
+        .context("reading daily_accruals")?;
+        let Some(last) = rows.last() else { return Ok(checked) };
+        after = last.get("account_id");
+        let mut stored = BTreeMap::new();
+        let mut page = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.get("account_id");
+            let journal = Journal {
+                accrued: units(r.get("au"))?,
+                corrections: units(r.get("cu"))?,
+                paid: units(r.get("pu"))?,
+                liability_start: units(r.get("ls"))?,
+                liability_end: units(r.get("le"))?,
+            };
+            let currency = Currency::try_from(r.get::<&str, _>("currency"))?;
+            page.push(PageAccount {
+                account_id: id.clone(),
+                currency,
+                done: true,
+            });
+            stored.insert(id, journal);
+        }
+        let refs: Vec<&PageAccount> = page.iter().collect();
+        let mut full = compute_whole(pool, plans, day, &refs).await?;
+        for (id, row) in stored {
+            let want = full.remove(&id).expect("computed for every account of the page");
+            if want != row {
+                report.fail("b", &id, format!("stored {row:?} but the whole history gives {want:?}"));
+            }
+            checked += 1;
+        }
+    }
 }
 
 /// Every account that had a balance point applied before the cut has a

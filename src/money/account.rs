@@ -3,7 +3,13 @@
 
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 
-use super::accrual::{accrue, point_at, rate_per_second, Accrued, Point};
+mod checkpoint;
+#[cfg(test)]
+mod checkpoint_tests;
+
+pub use checkpoint::{Checkpoint, PlanUse};
+
+use super::accrual::{point_at, rate_per_second, Accrued, Point};
 use super::plan::{AccrualStyle, FractionRule, Plans, ScheduleJson};
 use super::snapshot::Snapshot;
 use super::tax::{withhold, Withholding};
@@ -19,10 +25,13 @@ pub struct Account {
     id: AccountId,
     currency: Currency,
     tax_profile: TaxProfile,
-    /// Sorted by seq; `as_of` never decreases with seq. May be a window of the
-    /// full history: it covers everything from `paid_through` on, and the
-    /// correction window.
+    /// Sorted by seq; `as_of` never decreases with seq. A window of the full
+    /// history: the point in force at `points_from` and every later one.
     points: Vec<Point>,
+    /// The second from which `points` is complete (`EpochSecs::MIN`: all of it).
+    points_from: EpochSecs,
+    /// Exact accrual of `[paid_through, checkpoint.at)`: the points before it are not needed.
+    checkpoint: Checkpoint,
     /// The highest seq ever applied.
     last_seq: u64,
     /// Interest before this second is paid (or, before any payout, does not exist).
@@ -151,7 +160,10 @@ pub struct StoredAccount {
     pub id: AccountId,
     pub currency: Currency,
     pub tax_profile: TaxProfile,
+    /// The point in force at `points_from` and every later one.
     pub points: Vec<Point>,
+    pub points_from: EpochSecs,
+    pub checkpoint: Checkpoint,
     pub last_seq: u64,
     pub paid_through: EpochSecs,
     pub paid_any: bool,
@@ -166,7 +178,7 @@ pub struct StoredAccount {
 impl Account {
     /// An account read back from the store. Refuses a state the engine could
     /// not have produced: no point, points out of seq or `as_of` order, a seq
-    /// above `last_seq`.
+    /// above `last_seq`, a checkpoint before `paid_through` or out of order.
     pub fn restore(s: StoredAccount) -> Result<Account, ParseError> {
         let ordered = s
             .points
@@ -179,11 +191,19 @@ impl Account {
                 format!("account {}: points empty or out of order", s.id),
             ));
         }
+        if !s.checkpoint.is_consistent(s.paid_through, s.last_seq) {
+            return Err(reject(
+                "invalid_account_state",
+                format!("account {}: checkpoint inconsistent: {:?}", s.id, s.checkpoint),
+            ));
+        }
         Ok(Account {
             id: s.id,
             currency: s.currency,
             tax_profile: s.tax_profile,
             points: s.points,
+            points_from: s.points_from,
+            checkpoint: s.checkpoint,
             last_seq: s.last_seq,
             paid_through: s.paid_through,
             paid_any: s.paid_any,
@@ -208,6 +228,12 @@ impl Account {
     /// Sorted by seq; a window of the history (see the field).
     pub fn points(&self) -> &[Point] {
         &self.points
+    }
+    pub fn points_from(&self) -> EpochSecs {
+        self.points_from
+    }
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
     }
     pub fn last_seq(&self) -> u64 {
         self.last_seq
@@ -237,14 +263,17 @@ impl Account {
         self.settled_through
     }
 
-    /// The plans its points name, each once, in first-use order.
+    /// The plans its checkpoint and points name, each once, in first-use order.
     pub fn plan_ids(&self) -> impl Iterator<Item = &str> {
-        let points = &self.points;
-        points
+        let named = self.checkpoint.plans.iter().map(|u| u.plan.as_str());
+        let all: Vec<&str> = named.chain(self.points.iter().map(|p| p.plan.as_str())).collect();
+        let once: Vec<&str> = all
             .iter()
             .enumerate()
-            .filter(|(i, p)| !points[..*i].iter().any(|q| q.plan == p.plan))
-            .map(|(_, p)| p.plan.as_str())
+            .filter(|(i, p)| !all[..*i].contains(p))
+            .map(|(_, p)| *p)
+            .collect();
+        once.into_iter()
     }
 
     /// The point with this seq, if it is in the loaded window.
@@ -253,19 +282,23 @@ impl Account {
     }
 
     /// Core banking credits `amount` (simulation only): the balance in force
-    /// at `at` grows by it, as a new point after every known one.
-    pub fn credit(&mut self, at: DateTime<Utc>, amount: Minor) {
+    /// at `at` grows by it, as a new point after every known one. Paid
+    /// interest is not corrected (the credit follows its payout).
+    pub fn credit(&mut self, plans: &Plans, at: DateTime<Utc>, amount: Minor) {
         let current = point_at(&self.points, at.timestamp())
             .expect("a paid account has a point")
             .clone();
         let as_of = at.max(self.points.last().expect("point").as_of);
         self.last_seq += 1;
-        self.points.push(Point {
+        let point = Point {
             seq: self.last_seq,
             as_of,
             balance: Minor(current.balance.0 + amount.0),
             plan: current.plan,
-        });
+        };
+        let adjustment = self.insert_point(plans, self.points.len(), point, EpochSecs::MAX, false);
+        debug_assert_eq!(adjustment, Accrued::ZERO);
+        self.keep_checkpoint_current(plans);
     }
 }
 
@@ -288,7 +321,9 @@ impl Account {
             currency: snap.currency,
             tax_profile: snap.tax_profile.unwrap_or_default(),
             paid_through: point.at(),
+            checkpoint: Checkpoint::at_paid_through(point.at()),
             points: vec![point],
+            points_from: EpochSecs::MIN,
             last_seq: snap.seq,
             paid_any: false,
             carry: Accrued::ZERO,
@@ -337,27 +372,55 @@ impl Account {
             plan,
         };
         let next_at = next.map(|n| n.at()).unwrap_or(EpochSecs::MAX);
-        let mut adjustment = Accrued::ZERO;
-        if touches_paid {
-            let hi = next_at.min(self.paid_through);
-            let before = accrue(plans, &self.points, at, hi);
-            let mut after_points = self.points.clone();
-            after_points.insert(idx, point.clone());
-            adjustment = accrue(plans, &after_points, at, hi) - before;
-        }
-        self.points.insert(idx, point);
+        let adjustment = self.insert_point(plans, idx, point, next_at, touches_paid);
         self.last_seq = self.last_seq.max(snap.seq);
         self.pending_adjustment = self.pending_adjustment + adjustment;
-        if !self.paid_any {
-            // Nothing paid yet: accrual simply starts at the first snapshot.
-            self.paid_through = self.points[0].at();
-        }
         if let Some(tp) = snap.tax_profile {
             if !late {
                 self.tax_profile = tp;
             }
         }
+        self.keep_checkpoint_current(plans);
         Ok(SnapshotOutcome::Applied { late, adjustment })
+    }
+
+    /// Inserts `point` before the one starting at `next_at`; returns the
+    /// change to already-paid interest (`touches_paid`) and books the change
+    /// to the checkpoint's accrual. Only `[point.at, next_at)` accrues
+    /// differently, so both are differences over it.
+    fn insert_point(
+        &mut self,
+        plans: &Plans,
+        idx: usize,
+        point: Point,
+        next_at: EpochSecs,
+        touches_paid: bool,
+    ) -> Accrued {
+        let at = point.at();
+        // Nothing paid yet: accrual simply starts at the first snapshot.
+        let ps = if self.paid_any {
+            self.paid_through
+        } else {
+            self.paid_through.min(at)
+        };
+        let paid = (at, next_at.min(self.paid_through));
+        let cp = (at.max(ps), next_at.min(self.checkpoint.at));
+        let paid_before = if touches_paid {
+            self.accrue_span(plans, paid.0, paid.1)
+        } else {
+            Accrued::ZERO
+        };
+        let cp_before = self.accrue_span(plans, cp.0, cp.1);
+        self.points.insert(idx, point);
+        let adjustment = if touches_paid {
+            self.accrue_span(plans, paid.0, paid.1) - paid_before
+        } else {
+            Accrued::ZERO
+        };
+        let cp_delta = self.accrue_span(plans, cp.0, cp.1) - cp_before;
+        self.paid_through = ps;
+        self.checkpoint_after_insert(idx, cp_delta);
+        adjustment
     }
 
     /// Where a snapshot goes in the timeline, and with which plan: refuses a
@@ -407,7 +470,7 @@ impl Account {
 
     /// Exact unpaid interest at second `t`, including carry and corrections.
     pub fn accrued_at(&self, plans: &Plans, t: EpochSecs) -> Accrued {
-        accrue(plans, &self.points, self.paid_through, t.max(self.paid_through)) + self.carry + self.pending_adjustment
+        self.unpaid_through(plans, t) + self.carry + self.pending_adjustment
     }
 
     pub fn view(&self, plans: &Plans, at: DateTime<Utc>, claims_per_day: u32) -> View {
@@ -474,7 +537,7 @@ impl Account {
     ) -> Option<Payout> {
         let start = self.paid_through;
         let end = through.max(start);
-        let accrued = accrue(plans, &self.points, start, end);
+        let accrued = self.unpaid_through(plans, end);
         let carried_in = self.carry + self.pending_adjustment;
         let total = accrued + carried_in;
         let gross = Minor(total.floor_minor());
@@ -522,21 +585,17 @@ impl Account {
         self.pending_adjustment = Accrued::ZERO;
         self.paid_through = end;
         self.paid_any = true;
+        self.checkpoint_after_pay(plans, end);
         Some(payout)
     }
 
-    /// The per-tier rates in force during `[start, end)`, per plan used.
+    /// The per-tier rates in force during `[start, end)`, per plan used
+    /// (`start` = paid_through; the plans come from the checkpoint and the points after it).
     fn rates_applied(&self, plans: &Plans, start: EpochSecs, end: EpochSecs) -> Vec<AppliedRates> {
+        debug_assert_eq!(start, self.paid_through);
         let mut out = Vec::new();
-        let mut seen = Vec::new();
-        for (i, p) in self.points.iter().enumerate() {
-            let seg_end = self.points.get(i + 1).map(|n| n.at()).unwrap_or(EpochSecs::MAX);
-            let overlaps = p.at() < end.max(start + 1) && seg_end > start;
-            if !overlaps || seen.contains(&p.plan) {
-                continue;
-            }
-            seen.push(p.plan.clone());
-            let plan = plans.get(&p.plan).expect("validated");
+        for id in self.plans_used(end) {
+            let plan = plans.get(&id).expect("validated");
             for e in plan.entries_in(start, end) {
                 out.push(AppliedRates {
                     plan: plan.id.clone(),

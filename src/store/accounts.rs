@@ -1,20 +1,116 @@
 //! Accounts and their balance points, locked and loaded per batch.
+//!
+//! An account is read back with its accrual checkpoint (`checkpoint_*`
+//! columns, `money::account::Checkpoint`) and only the points the engine
+//! needs: the last one before the cutoff and every one from it on, where the
+//! cutoff is the earlier of the checkpoint and the oldest instant a message of
+//! the batch looks at ([`history_needed`]). A claim, a settlement, a view and
+//! an in-order snapshot therefore read O(1) points; a late snapshot reads the
+//! points from its own `as_of` on.
 
 use std::collections::HashMap;
 
 use anyhow::Context;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{secs_utc, units_parse, units_text, Tx};
-use crate::claims::NewPoint;
+use crate::claims::{Input, Message, NewPoint};
+use crate::money::account::{Checkpoint, PlanUse};
+use crate::money::types::{floor_secs, kst_midnight_utc};
 use crate::money::{Account, AccountId, Currency, Point, StoredAccount, TaxProfile};
 
 const ACCOUNT_COLUMNS: &str = "account_id, currency, tax_profile, last_seq, paid_through, paid_any,
     carry_units::text AS carry, pending_adjustment_units::text AS pending, claim_day, claims_on_day,
-    last_claim_at, settled_through";
+    last_claim_at, settled_through, checkpoint_at, checkpoint_units::text AS checkpoint_units,
+    checkpoint_plans::text AS checkpoint_plans";
 
-fn account_from_row(row: &sqlx::postgres::PgRow, points: Vec<Point>) -> anyhow::Result<Account> {
+/// From which instant each account's timeline is needed (besides its checkpoint).
+#[derive(Debug, Clone)]
+pub enum Needed {
+    /// The same instant for every account (the API's view: its clock reading).
+    Same(DateTime<Utc>),
+    /// Per account; an account not named needs only its checkpoint.
+    PerAccount(HashMap<String, DateTime<Utc>>),
+}
+
+impl From<DateTime<Utc>> for Needed {
+    fn from(t: DateTime<Utc>) -> Needed {
+        Needed::Same(t)
+    }
+}
+
+impl Needed {
+    fn of(&self, account_id: &str) -> Option<DateTime<Utc>> {
+        match self {
+            Needed::Same(t) => Some(*t),
+            Needed::PerAccount(m) => m.get(account_id).copied(),
+        }
+    }
+}
+
+/// The oldest instant each account's messages in a batch look at: a
+/// snapshot its `as_of` (but never before `oldest_correction`: an older
+/// late snapshot is refused `correction_too_old`, and an in-order one needs
+/// only the last point), a claim its instant, a settlement the end of its date.
+pub fn history_needed(inputs: &[Input], oldest_correction: DateTime<Utc>) -> Needed {
+    let mut out: HashMap<String, DateTime<Utc>> = HashMap::new();
+    for input in inputs {
+        let (id, at) = match &input.message {
+            Message::Snapshot { parsed: Ok(s), .. } => (s.account_id.to_string(), s.as_of.max(oldest_correction)),
+            Message::Snapshot { .. } => continue,
+            Message::Claim(c) => (c.account_id.to_string(), c.accepted_at),
+            Message::Settle { account_id, date, .. } => {
+                let next = date.checked_add_days(Days::new(1)).expect("date in range");
+                (account_id.clone(), kst_midnight_utc(next))
+            }
+        };
+        let e = out.entry(id).or_insert(at);
+        *e = (*e).min(at);
+    }
+    Needed::PerAccount(out)
+}
+
+/// `checkpoint_plans`: one object per plan, in the order of their first point.
+#[derive(Serialize, Deserialize)]
+struct StoredPlanUse {
+    plan: String,
+    seq: u64,
+    at: i64,
+}
+
+fn plans_json(uses: &[PlanUse]) -> String {
+    let stored: Vec<StoredPlanUse> = uses
+        .iter()
+        .map(|u| StoredPlanUse {
+            plan: u.plan.clone(),
+            seq: u.first_seq,
+            at: u.first_at,
+        })
+        .collect();
+    serde_json::to_string(&stored).expect("plain data")
+}
+
+fn checkpoint_from_row(row: &sqlx::postgres::PgRow) -> anyhow::Result<Checkpoint> {
+    let at: DateTime<Utc> = row.get("checkpoint_at");
+    let uses: Vec<StoredPlanUse> =
+        serde_json::from_str(row.get("checkpoint_plans")).context("accounts.checkpoint_plans")?;
+    Ok(Checkpoint {
+        at: at.timestamp(),
+        accrued: units_parse(row.get("checkpoint_units"))?,
+        plans: uses
+            .into_iter()
+            .map(|u| PlanUse {
+                plan: u.plan,
+                first_seq: u.seq,
+                first_at: u.at,
+            })
+            .collect(),
+    })
+}
+
+fn account_from_row(row: &sqlx::postgres::PgRow, points: Vec<Point>, from: DateTime<Utc>) -> anyhow::Result<Account> {
     let id: String = row.get("account_id");
     let currency: String = row.get("currency");
     let tax: String = row.get("tax_profile");
@@ -24,6 +120,8 @@ fn account_from_row(row: &sqlx::postgres::PgRow, points: Vec<Point>) -> anyhow::
         currency: Currency::try_from(currency.as_str())?,
         tax_profile: TaxProfile::try_from(tax.as_str())?,
         points,
+        points_from: from.timestamp(),
+        checkpoint: checkpoint_from_row(row)?,
         last_seq: row.get::<i64, _>("last_seq") as u64,
         paid_through: paid_through.timestamp(),
         paid_any: row.get("paid_any"),
@@ -38,14 +136,16 @@ fn account_from_row(row: &sqlx::postgres::PgRow, points: Vec<Point>) -> anyhow::
 }
 
 /// Loads (and, with `lock`, row-locks in id order, so concurrent batches
-/// cannot deadlock on accounts) the accounts with their timelines from
-/// `cutoff` on (plus the point in force at the cutoff).
+/// cannot deadlock on accounts) the accounts with their timelines from the
+/// cutoff on (plus the point in force at the cutoff): the earlier of the
+/// checkpoint and what `needed` says, floored to the second.
 pub async fn load_accounts(
     conn: &mut sqlx::PgConnection,
     ids: &[String],
-    window_start: DateTime<Utc>,
+    needed: impl Into<Needed>,
     lock: bool,
 ) -> anyhow::Result<HashMap<String, Account>> {
+    let needed = needed.into();
     let sql = format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1) ORDER BY account_id {}",
         if lock { "FOR UPDATE" } else { "" }
@@ -61,16 +161,18 @@ pub async fn load_accounts(
     let mut cutoffs = Vec::with_capacity(rows.len());
     let mut found = Vec::with_capacity(rows.len());
     for row in &rows {
-        let paid_through: DateTime<Utc> = row.get("paid_through");
-        found.push(row.get::<String, _>("account_id"));
-        cutoffs.push(paid_through.min(window_start));
+        let id: String = row.get("account_id");
+        let checkpoint: DateTime<Utc> = row.get("checkpoint_at");
+        let cutoff = needed.of(&id).map_or(checkpoint, |t| checkpoint.min(t));
+        cutoffs.push(secs_utc(floor_secs(cutoff)));
+        found.push(id);
     }
     let mut points = load_points(&mut *conn, &found, &cutoffs).await?;
     let mut out = HashMap::with_capacity(rows.len());
-    for row in &rows {
+    for (row, cutoff) in rows.iter().zip(cutoffs) {
         let id: String = row.get("account_id");
         let pts = points.remove(&id).unwrap_or_default();
-        out.insert(id, account_from_row(row, pts)?);
+        out.insert(id, account_from_row(row, pts, cutoff)?);
     }
     Ok(out)
 }
@@ -128,19 +230,26 @@ pub async fn store_accounts(tx: &mut Tx<'_>, accounts: &[&Account]) -> anyhow::R
     let claims_on_day: Vec<i32> = accounts.iter().map(|a| a.claims_on_day() as i32).collect();
     let last_claim_at: Vec<Option<DateTime<Utc>>> = accounts.iter().map(|a| a.last_claim_at()).collect();
     let settled: Vec<Option<NaiveDate>> = accounts.iter().map(|a| a.settled_through()).collect();
+    let cp_at: Vec<DateTime<Utc>> = accounts.iter().map(|a| secs_utc(a.checkpoint().at)).collect();
+    let cp_units = col(&|a| units_text(a.checkpoint().accrued));
+    let cp_plans = col(&|a| plans_json(&a.checkpoint().plans));
     sqlx::query(
         "INSERT INTO accounts (account_id, currency, tax_profile, last_seq, paid_through, paid_any, carry_units,
-                               pending_adjustment_units, claim_day, claims_on_day, last_claim_at, settled_through)
-         SELECT id, cur, tax, seq, pt, pa, carry::numeric, pend::numeric, cd, cod, lca, st
+                               pending_adjustment_units, claim_day, claims_on_day, last_claim_at, settled_through,
+                               checkpoint_at, checkpoint_units, checkpoint_plans)
+         SELECT id, cur, tax, seq, pt, pa, carry::numeric, pend::numeric, cd, cod, lca, st, ca, cu::numeric, cp::jsonb
          FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], $6::bool[], $7::text[],
-                     $8::text[], $9::date[], $10::int4[], $11::timestamptz[], $12::date[])
-              AS t(id, cur, tax, seq, pt, pa, carry, pend, cd, cod, lca, st)
+                     $8::text[], $9::date[], $10::int4[], $11::timestamptz[], $12::date[], $13::timestamptz[],
+                     $14::text[], $15::text[])
+              AS t(id, cur, tax, seq, pt, pa, carry, pend, cd, cod, lca, st, ca, cu, cp)
          ON CONFLICT (account_id) DO UPDATE SET
             tax_profile = EXCLUDED.tax_profile, last_seq = EXCLUDED.last_seq, paid_through = EXCLUDED.paid_through,
             paid_any = EXCLUDED.paid_any, carry_units = EXCLUDED.carry_units,
             pending_adjustment_units = EXCLUDED.pending_adjustment_units, claim_day = EXCLUDED.claim_day,
             claims_on_day = EXCLUDED.claims_on_day, last_claim_at = EXCLUDED.last_claim_at,
-            settled_through = EXCLUDED.settled_through, updated_at = now()",
+            settled_through = EXCLUDED.settled_through, checkpoint_at = EXCLUDED.checkpoint_at,
+            checkpoint_units = EXCLUDED.checkpoint_units, checkpoint_plans = EXCLUDED.checkpoint_plans,
+            updated_at = now()",
     )
     .bind(ids)
     .bind(currency)
@@ -154,6 +263,9 @@ pub async fn store_accounts(tx: &mut Tx<'_>, accounts: &[&Account]) -> anyhow::R
     .bind(claims_on_day)
     .bind(last_claim_at)
     .bind(settled)
+    .bind(cp_at)
+    .bind(cp_units)
+    .bind(cp_plans)
     .execute(&mut **tx)
     .await
     .context("storing accounts")?;

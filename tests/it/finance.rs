@@ -1071,3 +1071,227 @@ fn finance_commands_refuse_bad_arguments_with_2_and_an_unfinished_day_with_1() {
         assert!(err.contains("can run from"), "{cmd}: {err}");
     }
 }
+
+/// A small deterministic generator (xorshift64*) for the fixture below.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Writes `accounts` accounts with a random history straight into the
+/// tables (SQL, not the pipeline: `received_at` must spread over many days):
+/// points in as_of order, each received on time or up to five days late
+/// (late by seq, as a correction), and auto payouts with their published outbox rows.
+async fn write_history(env: &Env, first: NaiveDate, days: u64, accounts: usize) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let start = kst_midnight_utc(first) - chrono::Duration::days(2);
+    let span_secs = ((days + 2) * 86_400) as i64;
+    for i in 0..accounts {
+        let id = format!("h-{i:03}");
+        let plan = if i % 3 == 0 { "fin-daily" } else { "fin-flat" };
+        let mut as_of: Vec<DateTime<Utc>> = (0..1 + rng.below(12))
+            .map(|_| start + chrono::Duration::milliseconds(rng.below(span_secs as u64 * 1_000) as i64))
+            .collect();
+        as_of.sort();
+        for (seq, at) in as_of.iter().enumerate() {
+            let late = rng.below(10) < 3;
+            let delay = rng.below(if late { 5 * 86_400 } else { 7_200 }) as i64;
+            sqlx::query(
+                "INSERT INTO balance_points (account_id, seq, as_of, balance, plan_id, received_at)
+                 VALUES ($1, $2, $3, $4::numeric, $5, $6)",
+            )
+            .bind(&id)
+            .bind(seq as i64 + 1)
+            .bind(at)
+            .bind((rng.below(900_000_000) * 1_000).to_string())
+            .bind(plan)
+            .bind(*at + chrono::Duration::seconds(delay))
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        }
+        let first_at = DateTime::from_timestamp(as_of[0].timestamp(), 0).unwrap();
+        sqlx::query(
+            "INSERT INTO accounts (account_id, currency, tax_profile, last_seq, paid_through, checkpoint_at)
+             VALUES ($1, 'KRW', 'standard', $2, $3, $3)",
+        )
+        .bind(&id)
+        .bind(as_of.len() as i64)
+        .bind(first_at)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        for day in 0..days {
+            if rng.below(4) == 0 {
+                let at = kst_midnight_utc(first + Days::new(day)) + chrono::Duration::seconds(rng.below(86_400) as i64);
+                write_auto_payout(
+                    env,
+                    &id,
+                    at,
+                    rng.below(5_000) as i128 + 1,
+                    rng.below(DEN as u64) as i128,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn write_auto_payout(env: &Env, account: &str, at: DateTime<Utc>, gross: i128, dropped: i128) {
+    sqlx::query(
+        "WITH p AS (
+             INSERT INTO interest_payouts (payout_id, account_id, kind, business_date, period_start, period_end,
+                 plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency, accrued_units,
+                 carried_in_units, carried_out_units, dropped_units, accepted_at)
+             VALUES (gen_random_uuid(), $1, 'auto', ($2 AT TIME ZONE 'Asia/Seoul')::date, $2 - interval '1 hour', $2,
+                 'fin-flat', '[]', $3::numeric, 0, 0, 0, 0, $3::numeric, 'KRW', $4::numeric, 0, 0, $5::numeric, $2)
+             RETURNING payout_id)
+         INSERT INTO payout_outbox (payout_id, partition, message_key, payload, published_at)
+         SELECT payout_id, 0, $1, '{}', now() FROM p",
+    )
+    .bind(account)
+    .bind(at)
+    .bind(gross.to_string())
+    .bind((gross * DEN + dropped).to_string())
+    .bind(dropped.to_string())
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
+/// "computed: N from the previous day's row" of a close-day output.
+fn from_previous(out: &str) -> u64 {
+    let line = out
+        .lines()
+        .find(|l| l.contains("computed:"))
+        .expect("the computed line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incremental_close_writes_the_rows_of_the_full_recomputation_day_after_day() {
+    let env = fin_env(2).await;
+    let (days, accounts) = (10_u64, 40_usize);
+    let first = days_before(kst_today(), days + 3);
+    write_history(&env, first, days, accounts).await;
+    let dates: Vec<NaiveDate> = (0..days).map(|n| first + Days::new(n)).collect();
+    let later = crate::harness::now();
+    let mut incremental = Vec::new();
+    let mut chained = 0;
+    for d in &dates {
+        let out = ok(
+            run_at(&env, &["close-day", "--date", &d.to_string()], later),
+            "close-day",
+        );
+        chained += from_previous(&out);
+        incremental.push(journal(&env, *d).await);
+    }
+    assert!(chained > 100, "most rows come from the previous day's row ({chained})");
+    assert!(
+        incremental.last().unwrap().len() > 30,
+        "most accounts exist by the last day"
+    );
+    sqlx::query("DELETE FROM daily_accruals")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    for (d, expected) in dates.iter().zip(&incremental) {
+        let out = ok(
+            run_at(&env, &["close-day", "--date", &d.to_string(), "--full"], later),
+            "full",
+        );
+        assert_eq!(from_previous(&out), 0, "{out}");
+        assert_eq!(
+            &journal(&env, *d).await,
+            expected,
+            "{d}: incremental and full rows differ"
+        );
+        ok(
+            run_at(&env, &["reconcile", "--date", &d.to_string()], later),
+            "reconcile",
+        );
+    }
+    // A rerun writes nothing and changes nothing.
+    let d = dates[6].to_string();
+    let out = ok(run_at(&env, &["close-day", "--date", &d], later), "rerun");
+    assert!(out.contains(" 0 written,"), "{out}");
+    assert_eq!(journal(&env, dates[6]).await, incremental[6]);
+    // Killed halfway through an incremental day, then resumed: the same rows.
+    sqlx::query("DELETE FROM daily_accruals WHERE business_date = $1")
+        .bind(dates[6])
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    kill_after_first_rows(&env, &d, later).await;
+    let out = ok(
+        run_at(&env, &["close-day", "--date", &d, "--page-size", "7"], later),
+        "resume",
+    );
+    assert!(from_previous(&out) > 0, "{out}");
+    assert_eq!(journal(&env, dates[6]).await, incremental[6]);
+    let audit = ok(
+        run_at(&env, &["reconcile", "--date", &d, "--recompute"], later),
+        "audit",
+    );
+    assert!(audit.contains("rows recomputed from the whole history"), "{audit}");
+    // A row that still adds up and continues the chain, but moves accrual into corrections:
+    // only the recomputation sees it.
+    sqlx::query(
+        "UPDATE daily_accruals SET accrued_units = accrued_units + 1, corrections_units = corrections_units - 1,
+                accrued = accrued WHERE business_date = $1 AND account_id = 'h-004'",
+    )
+    .bind(dates[6])
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    ok(
+        run_at(&env, &["reconcile", "--date", &d], later),
+        "reconcile without the audit",
+    );
+    let audit = run_at(&env, &["reconcile", "--date", &d, "--recompute"], later);
+    assert_eq!(audit.status.code(), Some(1), "{}", text(&audit.stdout));
+    assert!(
+        text(&audit.stdout).contains("(b) account h-004: stored"),
+        "{}",
+        text(&audit.stdout)
+    );
+    env.drop_db().await;
+}
+
+/// Starts close-day one account per page and SIGKILLs it once a row of `date` is written.
+async fn kill_after_first_rows(env: &Env, date: &str, at: DateTime<Utc>) {
+    let mut child = env
+        .command(&["close-day", "--date", date, "--page-size", "1"])
+        .env("CLOCK_OFFSET_SECONDS", offset_to(at))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM daily_accruals WHERE business_date = $1::date")
+            .bind(date)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        if n > 0 || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        assert!(Instant::now() < deadline, "close-day wrote nothing in 30 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    env.wait_count(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+         AND application_name = 'interest-now-finance'",
+        0,
+    )
+    .await;
+}

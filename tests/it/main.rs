@@ -1,5 +1,6 @@
 //! The one integration-test binary (one link, fast CI). Modules by feature.
 
+mod checkpoint;
 mod drills;
 mod faults;
 mod finance;

@@ -136,7 +136,9 @@ async fn prepare(stack: &mut Stack, o: &SpikeOptions) -> anyhow::Result<(DateTim
     // Every account already claimed on the day before midnight (a fixture, to keep the run short).
     let eve = midnight - chrono::Duration::seconds(600);
     sqlx::query(
-        "UPDATE accounts SET paid_through = $1, paid_any = true, claim_day = $2, claims_on_day = 1, last_claim_at = $1",
+        "UPDATE accounts SET paid_through = $1, paid_any = true, claim_day = $2, claims_on_day = 1, last_claim_at = $1,
+                checkpoint_at = $1, checkpoint_units = 0,
+                checkpoint_plans = interest_checkpoint_plans_at(account_id, $1)",
     )
     .bind(eve)
     .bind(business_date(eve))

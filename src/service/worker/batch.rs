@@ -376,7 +376,7 @@ async fn load(tx: &mut Tx<'_>, inputs: &[Input], now: DateTime<Utc>) -> anyhow::
     ids.sort();
     ids.dedup();
     let window_start = now - chrono::Duration::seconds(CORRECTION_WINDOW_SECS + 86_400);
-    let accounts = store::load_accounts(tx, &ids, window_start, true).await?;
+    let accounts = store::load_accounts(tx, &ids, store::history_needed(inputs, window_start), true).await?;
     let keys: Vec<ScopedKey> = inputs
         .iter()
         .filter_map(|i| match &i.message {
