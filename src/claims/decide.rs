@@ -247,14 +247,7 @@ fn claim(
             Ok(payout) => {
                 let id = payout_id(&c.account_id);
                 let key = Some(c.key.as_str().to_owned());
-                let body = pay(
-                    fx,
-                    acc,
-                    payout,
-                    id.clone(),
-                    Some((c.claim_id, key)),
-                    partition,
-                );
+                let body = pay(fx, acc, payout, id.clone(), Some((c.claim_id, key)), partition);
                 fx.touched.insert(c.account_id.to_string());
                 decision.payout_id = Some(id);
                 ClaimAnswer::Paid(Box::new(body))

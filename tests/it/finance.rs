@@ -1148,9 +1148,10 @@ async fn write_auto_payout(env: &Env, account: &str, at: DateTime<Utc>, gross: i
         "WITH p AS (
              INSERT INTO interest_payouts (payout_id, account_id, kind, business_date, period_start, period_end,
                  plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency, accrued_units,
-                 carried_in_units, carried_out_units, dropped_units, accepted_at)
+                 carried_in_units, carried_out_units, dropped_units, accepted_at, tax_profile)
              VALUES (gen_random_uuid(), $1, 'auto', ($2 AT TIME ZONE 'Asia/Seoul')::date, $2 - interval '1 hour', $2,
-                 'fin-flat', '[]', $3::numeric, 0, 0, 0, 0, $3::numeric, 'KRW', $4::numeric, 0, 0, $5::numeric, $2)
+                 'fin-flat', '[]', $3::numeric, 0, 0, 0, 0, $3::numeric, 'KRW', $4::numeric, 0, 0, $5::numeric, $2,
+                 'standard')
              RETURNING payout_id)
          INSERT INTO payout_outbox (payout_id, partition, message_key, payload, published_at)
          SELECT payout_id, 0, $1, '{}', now() FROM p",
