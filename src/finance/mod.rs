@@ -94,6 +94,22 @@ pub enum ReportCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// One account's interest statement for a year: per month and for the
+    /// year, per currency and withholding profile, the payouts' gross, each
+    /// tax and net (what a customer's tax return needs).
+    Statement {
+        /// The account id.
+        #[arg(long)]
+        account: String,
+        /// The year of business dates (KST).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(2000..=9998))]
+        year: i32,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
+        /// Write here (atomically) instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Withholding tax totals per currency for a month of business dates.
     Withholding {
         /// The month (YYYY-MM).

@@ -138,6 +138,18 @@ pub async fn run(settings: &Settings, command: ReportCommand) -> anyhow::Result<
             payouts(settings, date, format, &mut out).await?;
             out.commit()
         }
+        ReportCommand::Statement {
+            account,
+            year,
+            format,
+            output,
+        } => {
+            let account = crate::money::AccountId::try_from(account.as_str())
+                .map_err(|e| anyhow::anyhow!("--account: {}", e.detail))?;
+            let mut out = Sink::open(output.as_deref())?;
+            statement(settings, &account, year, format, &mut out).await?;
+            out.commit()
+        }
         ReportCommand::Withholding { month, format, output } => {
             let mut out = Sink::open(output.as_deref())?;
             withholding(settings, month, format, &mut out).await?;
@@ -209,6 +221,55 @@ async fn withholding(settings: &Settings, month: NaiveDate, format: Format, out:
                 ],
             )?,
             Format::Json => write_json_line(out, &line)?,
+        }
+    }
+    Ok(())
+}
+
+const STATEMENT_COLUMNS: [&str; 9] = [
+    "period",
+    "currency",
+    "tax_profile",
+    "payouts",
+    "gross",
+    "income_tax",
+    "local_tax",
+    "rural_tax",
+    "net",
+];
+
+/// The statement's lines: the months, then the year (`period` = `YYYY`).
+async fn statement(
+    settings: &Settings,
+    account: &crate::money::AccountId,
+    year: i32,
+    format: Format,
+    out: &mut Sink,
+) -> anyhow::Result<()> {
+    let pool = super::connect(settings, 2, true).await?;
+    let lines = crate::store::statement(&pool, account.as_str(), year)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no account {account}"))?;
+    if format == Format::Csv {
+        write_csv_row(out, &STATEMENT_COLUMNS)?;
+    }
+    for l in &lines {
+        match format {
+            Format::Csv => write_csv_row(
+                out,
+                &[
+                    &l.period,
+                    &l.currency,
+                    &l.tax_profile,
+                    &l.payouts.to_string(),
+                    &l.gross,
+                    &l.income_tax,
+                    &l.local_tax,
+                    &l.rural_tax,
+                    &l.net,
+                ],
+            )?,
+            Format::Json => write_json_line(out, l)?,
         }
     }
     Ok(())

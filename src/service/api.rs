@@ -89,6 +89,10 @@ pub fn router(state: ApiState) -> Router {
             "/v1/accounts/{account_id}/interest/payouts",
             get(crate::service::history::get_payouts),
         )
+        .route(
+            "/v1/accounts/{account_id}/interest/statements/{year}",
+            get(crate::service::history::get_statement),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     v1.fallback(|| async { problem_response("not_found", 404, "no such route") })
         .method_not_allowed_fallback(|| async {

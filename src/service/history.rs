@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use chrono::{DateTime, NaiveDate};
 use serde_json::json;
@@ -51,6 +51,38 @@ pub async fn get_payouts(
                 "account_id": account, "items": items, "next_cursor": next.map(encode_cursor),
             });
             api::json_ok(body)
+        }
+    }
+}
+
+/// `GET /v1/accounts/{account_id}/interest/statements/{year}`: the year's
+/// interest statement (the same lines as `report statement`), months first.
+pub async fn get_statement(
+    State(state): State<ApiState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    // An undecodable segment cannot be a valid id or year: both parsers refuse "".
+    let (account, year) = path.map(|Path(p)| p).unwrap_or_default();
+    let account = match api::parse_account(&account) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let Some(year) = year.parse::<i32>().ok().filter(|y| (2000..=9998).contains(y)) else {
+        return problem_response("invalid_year", 400, "the year is a number from 2000 to 9998");
+    };
+    let Ok(_permit) = state.reads_in_flight.clone().try_acquire_owned() else {
+        return problem_response("overloaded", 503, "too many reads in flight");
+    };
+    match store::statement(&state.pools.reads, account.as_str(), year).await {
+        Err(e) => {
+            tracing::warn!(event = "statement_failed", error = format!("{e:#}"));
+            problem_response("unavailable", 503, "the database is unavailable")
+        }
+        Ok(None) => problem_response("unknown_account", 404, format!("no account {account}")),
+        Ok(Some(lines)) => {
+            let whole_year = year.to_string();
+            let (totals, months): (Vec<_>, Vec<_>) = lines.into_iter().partition(|l| l.period == whole_year);
+            api::json_ok(json!({ "account_id": account, "year": year, "months": months, "totals": totals }))
         }
     }
 }

@@ -27,6 +27,7 @@ pub fn title(code: &str) -> &'static str {
         "claim_failed" => "Claim could not be applied, not paid",
         "not_found" => "Not found",
         "invalid_query" => "Invalid query parameters",
+        "invalid_year" => "Invalid year",
         "method_not_allowed" => "Method not allowed",
         _ => "Internal error",
     }

@@ -103,3 +103,60 @@ fn payout_json(r: &sqlx::postgres::PgRow) -> anyhow::Result<PayoutJson> {
         accepted_at: instant("accepted_at"),
     })
 }
+
+/// One line of an interest statement: a month (`period` = `YYYY-MM`) or the
+/// whole year (`period` = `YYYY`), per currency and withholding profile.
+/// Amounts are exact sums of the payouts (NUMERIC, as text).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatementLine {
+    pub period: String,
+    pub currency: String,
+    pub tax_profile: String,
+    pub payouts: i64,
+    pub gross: String,
+    pub income_tax: String,
+    pub local_tax: String,
+    pub rural_tax: String,
+    pub net: String,
+}
+
+/// The account's interest statement for `year` (business dates, KST): its
+/// months, then the year, each per currency and profile; `None` when the
+/// account does not exist. One range scan of `interest_payouts_history`.
+pub async fn statement(pool: &PgPool, account_id: &str, year: i32) -> anyhow::Result<Option<Vec<StatementLine>>> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)")
+        .bind(account_id)
+        .fetch_one(pool)
+        .await
+        .context("looking the account up")?;
+    if !exists {
+        return Ok(None);
+    }
+    let rows = sqlx::query(
+        "SELECT coalesce(to_char(business_date, 'YYYY-MM'), $2::text) AS period, currency, tax_profile,
+                count(*) AS payouts, sum(gross)::text AS gross, sum(income_tax)::text AS income_tax,
+                sum(local_tax)::text AS local_tax, sum(rural_tax)::text AS rural_tax, sum(net)::text AS net
+         FROM interest_payouts
+         WHERE account_id = $1 AND business_date >= make_date($3, 1, 1) AND business_date < make_date($3 + 1, 1, 1)
+         GROUP BY GROUPING SETS ((to_char(business_date, 'YYYY-MM'), currency, tax_profile), (currency, tax_profile))
+         ORDER BY grouping(to_char(business_date, 'YYYY-MM')), period, currency, tax_profile",
+    )
+    .bind(account_id)
+    .bind(year.to_string())
+    .bind(year)
+    .fetch_all(pool)
+    .await
+    .context("reading the statement")?;
+    let line = |r: &sqlx::postgres::PgRow| StatementLine {
+        period: r.get("period"),
+        currency: r.get("currency"),
+        tax_profile: r.get("tax_profile"),
+        payouts: r.get("payouts"),
+        gross: r.get("gross"),
+        income_tax: r.get("income_tax"),
+        local_tax: r.get("local_tax"),
+        rural_tax: r.get("rural_tax"),
+        net: r.get("net"),
+    };
+    Ok(Some(rows.iter().map(line).collect()))
+}

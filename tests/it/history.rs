@@ -111,3 +111,121 @@ async fn the_history_pages_newest_first_exactly_as_paid() {
     tx.rollback().await.unwrap();
     env.drop_db().await;
 }
+
+/// The year's interest statement (issue 12 item 3): the CLI and the API give
+/// the same lines, per month and for the year, per withholding profile; and
+/// every account's statement summed is the monthly withholding report, to the won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_add_up_to_the_monthly_withholding_report() {
+    use rust_decimal::Decimal;
+    let env = Env::new(2).await;
+    let svc = env.serve("all", &[("CLAIMS_PER_DAY", "3")]).await;
+    let as_of = format_instant(now() - Dur::hours(3));
+    let profiles = [("st-std", "standard"), ("st-pref", "preferential"), ("st-ex", "exempt")];
+    for (account, profile) in profiles {
+        let json = format!(
+            r#"{{"account_id":"{account}","seq":1,"balance":"1000000000000","currency":"KRW","as_of":"{as_of}","tax_profile":"{profile}"}}"#
+        );
+        env.produce("balance-snapshots", account, &json).await;
+    }
+    env.wait_accounts(3).await;
+    let mut month = String::new();
+    for round in 0..2 {
+        for (account, _) in profiles {
+            let a = svc.claim_to_end(account, &format!("st-{account}-{round}")).await;
+            assert_eq!(a.status, 201, "{a:?}");
+            month = a.body["business_date"].as_str().unwrap()[..7].to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    let year = &month[..4];
+
+    let dec = |v: &Value| v.as_str().unwrap().parse::<Decimal>().unwrap();
+    let mut summed = [Decimal::ZERO; 3];
+    for (account, profile) in profiles {
+        let cli: Vec<Value> = env
+            .run(&[
+                "report",
+                "statement",
+                "--account",
+                account,
+                "--year",
+                year,
+                "--format",
+                "json",
+            ])
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let api = svc
+            .get(&format!("/v1/accounts/{account}/interest/statements/{year}"))
+            .await;
+        assert_eq!(api.status, 200, "{api:?}");
+        let mut both = api.body["months"].as_array().unwrap().clone();
+        both.extend(api.body["totals"].as_array().unwrap().iter().cloned());
+        assert_eq!(both, cli, "the API and the CLI give the same statement");
+        assert_eq!(cli.len(), 2, "one month and the year: {cli:?}");
+        let (m, y) = (&cli[0], &cli[1]);
+        assert_eq!(
+            (m["period"].as_str(), y["period"].as_str()),
+            (Some(month.as_str()), Some(year))
+        );
+        assert_eq!(
+            (m["tax_profile"].as_str(), m["payouts"].as_i64()),
+            (Some(profile), Some(2))
+        );
+        for f in ["gross", "income_tax", "local_tax", "rural_tax", "net"] {
+            assert_eq!(dec(&m[f]), dec(&y[f]), "{account} {f}: the year is its one month");
+        }
+        assert_eq!(
+            dec(&m["net"]),
+            dec(&m["gross"]) - dec(&m["income_tax"]) - dec(&m["local_tax"]) - dec(&m["rural_tax"])
+        );
+        if profile == "exempt" {
+            assert_eq!(dec(&m["income_tax"]), Decimal::ZERO);
+        } else {
+            assert!(dec(&m["income_tax"]) > Decimal::ZERO, "{m}");
+        }
+        for (i, f) in ["income_tax", "local_tax", "rural_tax"].iter().enumerate() {
+            summed[i] += dec(&m[f]);
+        }
+    }
+    let report: Value = serde_json::from_str(
+        env.run(&["report", "withholding", "--month", &month, "--format", "json"])
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    for (i, f) in ["income_tax", "local_tax", "rural_tax"].iter().enumerate() {
+        assert_eq!(summed[i], dec(&report[f]), "{f}: statements vs monthly_withholding");
+    }
+
+    let unknown = svc
+        .get(&format!("/v1/accounts/nobody/interest/statements/{year}"))
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.body["code"].as_str()),
+        (404, Some("unknown_account"))
+    );
+    for bad in ["1999", "20x6", "99999"] {
+        let r = svc.get(&format!("/v1/accounts/st-std/interest/statements/{bad}")).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (400, Some("invalid_year")),
+            "{bad}"
+        );
+    }
+    let out = env
+        .command(&["report", "statement", "--account", "nobody", "--year", year])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.status.code(), err.trim().lines().count()), (Some(1), 1), "{err}");
+    let out = env
+        .command(&["report", "statement", "--account", "st-std", "--year", "twenty"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    env.drop_db().await;
+}
