@@ -515,7 +515,14 @@ fn a_claim_older_than_the_key_ttl_without_a_key_row_is_withdrawn_not_paid() {
         .collect();
     let fx = decide(&mut state, &inputs, &cx, &mut |_| "p1".to_owned());
     assert_eq!(fx.claims[0].answer, ClaimAnswer::Withdrawn);
-    assert_eq!((fx.claims[0].key_write, fx.claims[0].payout_id.as_deref()), (None, None));
-    assert!(matches!(fx.claims[1].answer, ClaimAnswer::Paid(_)), "{:?}", fx.claims[1].answer);
+    assert_eq!(
+        (fx.claims[0].key_write, fx.claims[0].payout_id.as_deref()),
+        (None, None)
+    );
+    assert!(
+        matches!(fx.claims[1].answer, ClaimAnswer::Paid(_)),
+        "{:?}",
+        fx.claims[1].answer
+    );
     assert_eq!(fx.payouts.len(), 1, "only the live claim pays");
 }

@@ -140,6 +140,16 @@ pub async fn connect(settings: &Settings, max_connections: u32, quiet: bool) -> 
 /// `application_name` of the finance commands' database sessions.
 pub const APPLICATION_NAME: &str = "interest-now-finance";
 
+/// Whether `close-day` reads each account's whole balance history. It does:
+/// `close_day::journal` computes the liability as the accrual from the
+/// account's FIRST point to the cut minus every payout, so removing any point
+/// would change every later journal row. While this holds, `maintain` prunes
+/// no balance point (it says so in its summary). A close-day that builds day
+/// D from D−1's closing row reads only the points of D and the correction
+/// window before it; it sets this to false, and `maintain` then keeps every
+/// point from 8 days before the first day not yet closed.
+pub const CLOSE_DAY_READS_ALL_POINTS: bool = true;
+
 /// `YYYY-MM` → the first day of that month.
 pub fn parse_month(text: &str) -> Result<NaiveDate, String> {
     let bad = || format!("not a YYYY-MM month: {text:?}");

@@ -14,6 +14,7 @@ mod dead_letters;
 mod offsets;
 mod payouts;
 mod plans;
+pub mod retention;
 
 pub use accounts::*;
 pub use claims::*;

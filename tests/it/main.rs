@@ -7,6 +7,7 @@ mod harness;
 mod hostile;
 mod http_limits;
 mod idempotency;
+mod maintain;
 mod midnight_pool;
 mod money_rules;
 mod pipeline;
