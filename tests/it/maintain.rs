@@ -408,11 +408,14 @@ async fn balance_points_before_the_window_and_paid_through_are_pruned_but_the_on
     env.drop_db().await;
 }
 
+/// An environment variable of a case.
+type Var = (&'static str, &'static str);
+
 /// Every new setting's bad value, and a bad flag, stop `maintain` with one line and exit 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_and_flags_give_one_line_and_exit_2() {
     let env = Env::new(1).await;
-    let cases: [(&[&str], &[(&str, &str)]); 4] = [
+    let cases: [(&[&str], &[Var]); 4] = [
         (&["maintain"], &[("OUTBOX_RETENTION", "7")]),
         (&["maintain"], &[("OUTBOX_RETENTION", "0d")]),
         (&["maintain"], &[("IDEMPOTENCY_KEY_TTL", "a week")]),
