@@ -327,15 +327,16 @@ def check_pod(where: str, spec: dict[str, Any]) -> None:
 
 
 def check_database_roles(objs: list[dict[str, Any]], merged: dict[str, Any], where: Callable[[dict[str, Any]], str]) -> None:
-    """Only the migration Job connects as the schema owner; every other pod and
-    job uses the application login (least privilege)."""
+    """Only the migration Job and `maintain` (DDL on partitions, DELETE of
+    expired keys) connect as the schema owner; every other pod and job uses
+    the application login (least privilege)."""
     app_key, owner_key = merged["secrets"]["databaseUrlKey"], merged["secrets"]["migrationsDatabaseUrlKey"]
     check(app_key != owner_key, "secrets.databaseUrlKey and secrets.migrationsDatabaseUrlKey must differ")
     for d in objs:
         spec = pod_spec(d)
         if spec is None:
             continue
-        want = owner_key if component(d) == "migrate" else app_key
+        want = owner_key if component(d) in ("migrate", "maintain") else app_key
         for c in spec.get("containers") or []:
             for env in c.get("env") or []:
                 if env.get("name") == "DATABASE_URL":
@@ -424,6 +425,18 @@ def check_invariants(label: str, docs: list[tuple[str, dict[str, Any]]], merged:
         check(m["kind"] == "Job" and dig(m, "metadata", "annotations", "helm.sh/hook") == "pre-install,pre-upgrade",
               f"{where(m)}: must be a pre-install,pre-upgrade hook Job")
         check(dig(pod_spec(m), "containers", 0, "args") == ["migrate"], f"{where(m)}: must run `migrate`")
+    # Retention: a CronJob runs `maintain`, and a post-install/post-upgrade hook
+    # runs it once, so partitions exist before the first midnight.
+    if merged["cronJobs"]["maintain"]["enabled"]:
+        crons = [d for d in by_kind.get("CronJob", []) if component(d) == "maintain"]
+        if check(len(crons) == 1, f"[{label}] expected one maintain CronJob"):
+            args = dig(crons[0], "spec", "jobTemplate", "spec", "template", "spec", "containers", 0, "args")
+            check(args == ["maintain"], f"{where(crons[0])}: must run `maintain`")
+        if merged["migrations"]["enabled"] and check("maintain" in hooks, f"[{label}] maintain hook Job missing"):
+            m = hooks["maintain"]
+            check(dig(m, "metadata", "annotations", "helm.sh/hook") == "post-install,post-upgrade",
+                  f"{where(m)}: must be a post-install,post-upgrade hook Job")
+            check(dig(pod_spec(m), "containers", 0, "args") == ["maintain"], f"{where(m)}: must run `maintain`")
     if merged["plansImport"]["enabled"] and merged["plans"]:
         if check("plans-import" in hooks and "plans" in hooks, f"[{label}] plans ConfigMap / import Job hooks missing"):
             job, cm = hooks["plans-import"], hooks["plans"]

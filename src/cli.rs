@@ -39,6 +39,9 @@ pub enum Command {
     },
     /// Apply the SQL migrations under migrations/.
     Migrate,
+    /// Retention: create upcoming partitions, drop expired ones, delete expired
+    /// keys, prune history no longer needed (idempotent; runs under live traffic).
+    Maintain,
     // ---- finance (src/finance): close-day, settle, report, reconcile ----
     #[command(flatten)]
     Finance(crate::finance::Command),

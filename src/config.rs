@@ -35,6 +35,9 @@ pub struct Settings {
     /// How long an idempotency key's answer is kept and replayed; a key used
     /// again after this is a new request (SPEC §5).
     pub idempotency_key_ttl: std::time::Duration,
+    /// How long published outbox rows (`payout_outbox`, `dead_letters`) are
+    /// kept before `maintain` drops their partition.
+    pub outbox_retention: std::time::Duration,
 }
 
 /// One API client: its token and the identity behind it.
@@ -119,6 +122,7 @@ fn duration_setting(name: &str, default: std::time::Duration) -> Result<std::tim
 }
 
 pub const IDEMPOTENCY_KEY_TTL_DEFAULT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+pub const OUTBOX_RETENTION_DEFAULT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// A configuration problem, as one line.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +215,7 @@ impl Settings {
             http_requests_in_flight_max,
             plan_reload_secs,
             idempotency_key_ttl: duration_setting("IDEMPOTENCY_KEY_TTL", IDEMPOTENCY_KEY_TTL_DEFAULT)?,
+            outbox_retention: duration_setting("OUTBOX_RETENTION", OUTBOX_RETENTION_DEFAULT)?,
         })
     }
 
@@ -270,6 +275,21 @@ mod tests {
         ] {
             let e = parse_duration("T", bad).unwrap_err().to_string();
             assert!(e.starts_with("configuration: T=") && !e.contains('\n'), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn outbox_retention_refuses_bad_values_in_one_line() {
+        assert_eq!(
+            parse_duration("OUTBOX_RETENTION", "7d").unwrap(),
+            super::OUTBOX_RETENTION_DEFAULT
+        );
+        for bad in ["7", "seven days", "0d", "-7d", "7w", "3651d"] {
+            let e = parse_duration("OUTBOX_RETENTION", bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("configuration: OUTBOX_RETENTION=") && !e.contains('\n'),
+                "{bad:?}: {e}"
+            );
         }
     }
 

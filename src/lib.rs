@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod finance;
 pub mod kafka;
+pub mod maintain;
 pub mod money;
 pub mod service;
 pub mod simulate;

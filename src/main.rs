@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             Command::Simulate { .. } => unreachable!("handled above"),
             Command::Serve { role } => finish(app::serve(settings, role).await, 1),
             Command::Migrate => finish(commands::migrate(&settings).await, 1),
+            Command::Maintain => finish(interest_now::maintain::run(&settings).await, 1),
             // ---- finance (src/finance) ----
             Command::Finance(command) => finish(interest_now::finance::run(&settings, command).await, 1),
             Command::Plans {

@@ -97,6 +97,7 @@ impl Simulator {
             plans: &self.plans,
             now: self.now,
             claims_per_day: self.opts.claims_per_day,
+            keys_expired_before: None,
         };
         let fx = claims::decide(&mut self.state, &inputs, &cx, payout_id);
         if self.opts.credit_net {

@@ -29,6 +29,13 @@ pub struct Context<'a> {
     pub plans: &'a Plans,
     pub now: DateTime<Utc>,
     pub claims_per_day: u32,
+    /// Idempotency keys answered or released before this instant may have
+    /// been deleted by `maintain` (their `IDEMPOTENCY_KEY_TTL` ran out). A
+    /// claim accepted before it that finds no key row is a stale message
+    /// whose row was deleted — every claim that must still be applied holds
+    /// a `pending` or `queued` row, which is never deleted — so it is
+    /// withdrawn, never paid. `None`: keys never expire (`simulate`).
+    pub keys_expired_before: Option<DateTime<Utc>>,
 }
 
 /// One decoded message and the partition it came from (payouts are published
@@ -238,6 +245,7 @@ fn claim(
         }
         Some(KeyState::Held { claim_id }) if *claim_id != c.claim_id => return decision,
         Some(KeyState::Released { claim_id }) if *claim_id == c.claim_id => return decision,
+        None if cx.keys_expired_before.is_some_and(|t| c.accepted_at < t) => return decision,
         Some(KeyState::Held { .. } | KeyState::Released { .. }) | None => {}
     }
     decision.answer = match state.accounts.get_mut(c.account_id.as_str()) {

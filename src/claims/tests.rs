@@ -72,6 +72,7 @@ fn run_with(state: &mut State, msgs: Vec<Message>, next: &mut u32) -> Effects {
         plans: &plans,
         now: t0() + Duration::days(30),
         claims_per_day: 1,
+        keys_expired_before: None,
     };
     let inputs: Vec<Input> = msgs
         .into_iter()
@@ -490,4 +491,38 @@ fn the_stored_http_form_reads_back_as_the_same_answer() {
             "{status} {body}"
         );
     }
+}
+
+/// `maintain` deletes an expired key's row; a stale message of that key (a
+/// withdrawn claim delivered late) then finds no row and must not be paid,
+/// while a claim without a row accepted inside the TTL is applied as before.
+#[test]
+fn a_claim_older_than_the_key_ttl_without_a_key_row_is_withdrawn_not_paid() {
+    let plans = plans();
+    let now = t0() + Duration::days(30);
+    let cx = Context {
+        plans: &plans,
+        now,
+        claims_per_day: 1,
+        keys_expired_before: Some(now - Duration::days(7)),
+    };
+    let mut state = funded();
+    let stale = claim(1, "alice", "k-old", now - Duration::days(8));
+    let fresh = claim(2, "alice", "k-new", now - Duration::seconds(1));
+    let inputs: Vec<Input> = [stale, fresh]
+        .into_iter()
+        .map(|message| Input { partition: 0, message })
+        .collect();
+    let fx = decide(&mut state, &inputs, &cx, &mut |_| "p1".to_owned());
+    assert_eq!(fx.claims[0].answer, ClaimAnswer::Withdrawn);
+    assert_eq!(
+        (fx.claims[0].key_write, fx.claims[0].payout_id.as_deref()),
+        (None, None)
+    );
+    assert!(
+        matches!(fx.claims[1].answer, ClaimAnswer::Paid(_)),
+        "{:?}",
+        fx.claims[1].answer
+    );
+    assert_eq!(fx.payouts.len(), 1, "only the live claim pays");
 }

@@ -311,6 +311,7 @@ pub(super) async fn compute_whole(
         return Ok(HashMap::new());
     }
     let ids: Vec<&str> = accounts.iter().map(|a| a.account_id.as_str()).collect();
+    refuse_pruned(pool, &ids).await?;
     let mut points = load_points(pool, &ids, day, accounts).await?;
     let mut paid = load_paid(pool, &ids, day, accounts).await?;
     let mut out = HashMap::with_capacity(accounts.len());
@@ -321,6 +322,27 @@ pub(super) async fn compute_whole(
         out.insert(account.account_id.clone(), journal(plans, &pts, paid_t0, paid_t, day));
     }
     Ok(out)
+}
+
+/// The whole history is gone for accounts `maintain` pruned: computing
+/// their journal from it would be wrong, so it is refused, naming one.
+async fn refuse_pruned(pool: &PgPool, ids: &[&str]) -> anyhow::Result<()> {
+    let pruned: Option<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT account_id, history_from FROM accounts
+         WHERE account_id = ANY($1) AND history_from IS NOT NULL ORDER BY account_id LIMIT 1",
+    )
+    .bind(ids)
+    .fetch_optional(pool)
+    .await
+    .context("checking for pruned histories")?;
+    if let Some((account, from)) = pruned {
+        anyhow::bail!(
+            "account {account}: its balance history before {} was pruned by maintain, so it cannot be computed \
+             from the whole history; close the days in order (each from the previous day's row)",
+            super::kst(from)
+        );
+    }
+    Ok(())
 }
 
 /// The incremental close, from D−1's row and the day's news.

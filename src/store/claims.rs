@@ -98,7 +98,7 @@ pub async fn store_claim_results(tx: &mut Tx<'_>, results: &[ClaimResult]) -> an
          SELECT id, k, a, acc, d, 'done', s, b::jsonb, p, r, now(), c
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::date[], $6::int2[], $7::text[],
                      $8::uuid[], $9::uuid[], $10::text[]) AS t(id, k, a, acc, d, s, b, p, r, c)
-         ON CONFLICT (claim_id) DO UPDATE SET state = 'done', status = EXCLUDED.status, body = EXCLUDED.body,
+         ON CONFLICT (claim_id, accepted_at) DO UPDATE SET state = 'done', status = EXCLUDED.status, body = EXCLUDED.body,
             payout_id = EXCLUDED.payout_id, replay_of = EXCLUDED.replay_of, completed_at = EXCLUDED.completed_at",
     )
     .bind(&ids)
@@ -331,7 +331,7 @@ pub async fn queue_claim(
             RETURNING claim_id)
          INSERT INTO claims (claim_id, client_id, idempotency_key, account_id, accepted_at, business_date, state)
          SELECT k.claim_id, $1, $2, $4, $5, $6, 'accepted' FROM k
-         ON CONFLICT (claim_id) DO NOTHING
+         ON CONFLICT (claim_id, accepted_at) DO NOTHING
          RETURNING claim_id",
     )
     .bind(&key.client)

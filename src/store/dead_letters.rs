@@ -123,7 +123,7 @@ pub async fn answer_failed_claim(tx: &mut Tx<'_>, c: &FailedClaim) -> anyhow::Re
         "INSERT INTO claims (claim_id, idempotency_key, account_id, accepted_at, business_date, state, status, body,
                              completed_at, client_id)
          VALUES ($1, $2, $3, $4, $5, 'done', $6, $7::jsonb, now(), $8)
-         ON CONFLICT (claim_id) DO UPDATE SET state = 'done', status = EXCLUDED.status, body = EXCLUDED.body,
+         ON CONFLICT (claim_id, accepted_at) DO UPDATE SET state = 'done', status = EXCLUDED.status, body = EXCLUDED.body,
             payout_id = NULL, replay_of = NULL, completed_at = EXCLUDED.completed_at
          WHERE claims.state <> 'done'",
     )

@@ -15,6 +15,7 @@ mod history;
 mod offsets;
 mod payouts;
 mod plans;
+pub mod retention;
 
 pub use accounts::*;
 pub use claims::*;

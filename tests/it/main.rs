@@ -9,6 +9,7 @@ mod history;
 mod hostile;
 mod http_limits;
 mod idempotency;
+mod maintain;
 mod midnight_pool;
 mod money_rules;
 mod pipeline;

@@ -154,6 +154,10 @@ Call with (dict "ctx" $ "apiTokens" true) to add API_TOKENS (API pods only).
   value: {{ $v.config.httpConnectionsMax | toString | quote }}
 - name: HTTP_REQUESTS_IN_FLIGHT_MAX
   value: {{ $v.config.httpRequestsInFlightMax | toString | quote }}
+- name: IDEMPOTENCY_KEY_TTL
+  value: {{ $v.config.idempotencyKeyTtl | quote }}
+- name: OUTBOX_RETENTION
+  value: {{ $v.config.outboxRetention | quote }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -81,6 +81,7 @@ impl Worker {
             plans: &plans,
             now,
             claims_per_day: self.settings.claims_per_day,
+            keys_expired_before: Some(now - self.settings.idempotency_key_ttl),
         };
         let fx = claims::decide(&mut state, &inputs, &cx, &mut |_| Uuid::now_v7().to_string());
         let next = next_offsets(fresh);
