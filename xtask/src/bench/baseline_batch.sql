@@ -15,6 +15,7 @@ WITH p AS (
   FROM generate_series(:s, :s + 999) g
   RETURNING payout_id)
 INSERT INTO baseline.payout_outbox (payout_id, partition, message_key, payload) SELECT payout_id, 0, 'k', '{}' FROM p;
-UPDATE baseline.accounts SET paid_through = now(), claims_on_day = claims_on_day + 1
+UPDATE baseline.accounts SET paid_through = date_trunc('second', now()),
+    checkpoint_at = greatest(checkpoint_at, date_trunc('second', now())), claims_on_day = claims_on_day + 1
   WHERE account_id IN (SELECT 'acct-' || lpad(g::text, 6, '0') FROM generate_series(:s, :s + 999) g);
 END;

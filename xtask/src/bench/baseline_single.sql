@@ -13,5 +13,6 @@ WITH p AS (
       1385061120000000000000, 0, 0, 0, 'standard')
   RETURNING payout_id)
 INSERT INTO baseline.payout_outbox (payout_id, partition, message_key, payload) SELECT payout_id, 0, 'k', '{}' FROM p;
-UPDATE baseline.accounts SET paid_through = now(), claims_on_day = claims_on_day + 1 WHERE account_id = 'acct-' || lpad(:n::text, 6, '0');
+UPDATE baseline.accounts SET paid_through = date_trunc('second', now()),
+    checkpoint_at = greatest(checkpoint_at, date_trunc('second', now())), claims_on_day = claims_on_day + 1 WHERE account_id = 'acct-' || lpad(:n::text, 6, '0');
 END;
