@@ -111,9 +111,11 @@ fn session_attrs(query: Option<&str>) -> Result<(bool, Option<String>), String> 
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("target_session_attrs", READ_WRITE)) => read_write = true,
-            Some(("target_session_attrs", other)) => return Err(format!(
+            Some(("target_session_attrs", other)) => {
+                return Err(format!(
                 "DATABASE_URL: target_session_attrs={other} is not supported (only {READ_WRITE}: the service writes)"
-            )),
+            ))
+            }
             _ => kept.push(pair),
         }
     }

@@ -10,8 +10,9 @@
 //!   attempt — until `acquire_timeout`.
 //! * A watcher per pool holds one probe session to the target and asks it
 //!   every [`PROBE_INTERVAL`]. When the probe fails or finds the host
-//!   read-only, it tries the hosts again in order and, when another is
-//!   read-write, points the pool at it (`Pool::set_connect_options`).
+//!   read-only, it tries the hosts again in order (every [`SEARCH_INTERVAL`]
+//!   until one is read-write) and, when it is another host, points the pool
+//!   at it (`Pool::set_connect_options`).
 //! * Connections opened before a switch (or before the target was found
 //!   read-only) are closed instead of reused: `before_acquire` refuses an idle
 //!   one, `after_release` closes one coming back from use. So no statement
@@ -32,6 +33,9 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 /// How often the watcher asks its host whether it is still the read-write one.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// While no host is read-write, how often the hosts are tried again (a
+/// promotion is seen within this).
+pub const SEARCH_INTERVAL: Duration = Duration::from_millis(100);
 /// A probe, or a connection attempt to one host, that takes longer failed.
 const HOST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long start-up looks for a read-write host (the pool's acquire timeout).
@@ -150,13 +154,19 @@ struct Watch {
 }
 
 /// Asks the target every [`PROBE_INTERVAL`]; on a failed probe or a
-/// read-only answer, looks for the read-write host and switches the pool to
-/// it. Ends when the pool is closed.
+/// read-only answer, looks for the read-write host (every
+/// [`SEARCH_INTERVAL`] until one answers) and switches the pool to it. Ends
+/// when the pool is closed.
 async fn watch(mut w: Watch, probe: PgConnection) {
     let mut probe = Some(probe);
     let mut lost_at: Option<Instant> = None;
     loop {
-        tokio::time::sleep(PROBE_INTERVAL).await;
+        let pause = if lost_at.is_some() {
+            SEARCH_INTERVAL
+        } else {
+            PROBE_INTERVAL
+        };
+        tokio::time::sleep(pause).await;
         if w.pool.is_closed() {
             return;
         }
