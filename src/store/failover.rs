@@ -181,6 +181,7 @@ async fn watch(mut w: Watch, probe: PgConnection) {
             }
             probe = None;
         }
+        let first_search = lost_at.is_none();
         let lost = *lost_at.get_or_insert_with(Instant::now);
         match find_read_write(&w.hosts).await {
             Ok((index, conn)) => {
@@ -188,7 +189,9 @@ async fn watch(mut w: Watch, probe: PgConnection) {
                 lost_at = None;
                 w.switch_to(index, lost.elapsed());
             }
-            Err(e) => tracing::debug!(event = "no_read_write_host", error = %e),
+            // Once per outage; the search goes on every SEARCH_INTERVAL.
+            Err(e) if first_search => tracing::warn!(event = "no_read_write_host", error = %e),
+            Err(_) => {}
         }
     }
 }
