@@ -15,8 +15,11 @@
 //!   at it (`Pool::set_connect_options`).
 //! * Connections opened before a switch (or before the target was found
 //!   read-only) are closed instead of reused: `before_acquire` refuses an idle
-//!   one, `after_release` closes one coming back from use. So no statement
-//!   runs on a demoted primary (SQLSTATE 25006) after the watcher saw it.
+//!   one, `after_release` closes one coming back from use; on a host that
+//!   turned read-only the watcher also ends the service's sessions there
+//!   (`pg_terminate_backend`: the LISTEN session is never released). So no
+//!   statement runs on a demoted primary (SQLSTATE 25006) for long after the
+//!   watcher saw it.
 //!
 //! What this does not do: decide that a primary is dead (an operator or a
 //! failover manager promotes the standby) or fence an old primary that still
@@ -145,6 +148,21 @@ async fn find_read_write(hosts: &[Host]) -> anyhow::Result<(usize, PgConnection)
     bail!("no read-write PostgreSQL host ({})", why.join("; ").replace('\n', " "))
 }
 
+/// Ends this service's other sessions on a host that turned read-only (same
+/// user and `application_name`): idle pool connections, and sessions held
+/// outside the pool's release path — the API's LISTEN session — which would
+/// otherwise stay on a demoted primary that still answers. They reconnect
+/// through `after_connect`, which waits for the read-write host.
+async fn end_sessions(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE usename = current_user AND application_name = current_setting('application_name')
+           AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(conn)
+    .await
+}
+
 /// What the watcher of one pool knows.
 struct Watch {
     pool: PgPool,
@@ -174,8 +192,9 @@ async fn watch(mut w: Watch, probe: PgConnection) {
             match tokio::time::timeout(HOST_TIMEOUT, is_read_write(conn)).await {
                 Ok(Ok(true)) => continue,
                 Ok(Ok(false)) => {
-                    tracing::warn!(event = "database_read_only", host = %w.hosts[w.current].label);
                     w.cutoff.now();
+                    let ended = end_sessions(conn).await.unwrap_or(0);
+                    tracing::warn!(event = "database_read_only", host = %w.hosts[w.current].label, sessions_ended = ended);
                 }
                 _ => tracing::warn!(event = "database_probe_failed", host = %w.hosts[w.current].label),
             }

@@ -384,15 +384,51 @@ fn stream(
     })
 }
 
-/// Kills the primary and, after `delay`, promotes the standby: (killed,
-/// promoted) instants.
-fn fail_over(clusters: &Clusters, delay: Duration) -> (Instant, Instant) {
-    let primary = clusters.data("primary");
-    clusters.pg("pg_ctl", &["-D", &primary, "-m", "immediate", "stop"]);
-    let killed = Instant::now();
+/// What happens to the primary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// `pg_ctl stop -m immediate`: a crash.
+    Kill,
+    /// A switchover: made read-only in place (`default_transaction_read_only`,
+    /// reloaded), still answering; its sessions then get SQLSTATE 25006.
+    Demote,
+}
+
+/// The fault on the primary and, after `delay`, the standby promoted:
+/// (fault, promoted) instants.
+fn fail_over(clusters: &Clusters, fault: Fault, delay: Duration) -> (Instant, Instant) {
+    match fault {
+        Fault::Kill => {
+            let primary = clusters.data("primary");
+            clusters.pg("pg_ctl", &["-D", &primary, "-m", "immediate", "stop"]);
+        }
+        Fault::Demote => {
+            let port = clusters.primary_port.to_string();
+            let psql = [
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ];
+            let sql = [
+                "-c",
+                "ALTER SYSTEM SET default_transaction_read_only = on",
+                "-c",
+                "SELECT pg_reload_conf()",
+            ];
+            clusters.pg("psql", &[&psql[..], &sql[..]].concat());
+        }
+    }
+    let at = Instant::now();
     std::thread::sleep(delay);
     clusters.ctl("standby", &["promote"]);
-    (killed, Instant::now())
+    (at, Instant::now())
 }
 
 /// Every claim answered 201/202 is paid exactly once, by its idempotency
@@ -436,6 +472,31 @@ async fn audit(pool: &PgPool, outcomes: &HashMap<String, Outcome>) -> (usize, us
     (lost, doubled)
 }
 
+/// On the demoted primary (still up): no session of the service is left.
+async fn left_behind(clusters: &Clusters, db: &str) {
+    let old = PgPool::connect(&Clusters::url(clusters.primary_port, "postgres"))
+        .await
+        .unwrap();
+    let sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'interest-now%'",
+    )
+    .bind(db)
+    .fetch_one(&old)
+    .await
+    .unwrap();
+    assert_eq!(sessions, 0, "sessions of the service left on the demoted primary");
+    old.close().await;
+}
+
+/// Log lines of the service that name SQLSTATE 25006 (a statement sent to
+/// a read-only host).
+fn read_only_errors(logs: &[&PathBuf]) -> usize {
+    logs.iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .map(|text| text.lines().filter(|l| l.contains("read-only transaction")).count())
+        .sum()
+}
+
 /// The first served answer to a request sent at or after `from`.
 fn first_served_after(log: &[Attempt], from: Instant) -> Instant {
     log.iter()
@@ -468,12 +529,23 @@ fn two_decimals(x: f64) -> f64 {
 #[ignore = "heavy (two PostgreSQL clusters): run alone, cargo test --test it -- --ignored failover::"]
 async fn failover_to_the_synchronous_standby_loses_nothing_and_needs_no_restart() {
     let clusters = tokio::task::block_in_place(Clusters::start);
-    tokio::time::timeout(DRILL_LIMIT, drill(&clusters))
+    tokio::time::timeout(DRILL_LIMIT, drill(&clusters, Fault::Kill))
         .await
         .expect("the drill ends within its limit");
 }
 
-async fn drill(clusters: &Clusters) {
+/// A switchover: the primary turns read-only but keeps answering (its open
+/// sessions, the API's LISTEN session among them, must not stay there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "heavy (two PostgreSQL clusters): run alone, cargo test --test it -- --ignored failover::"]
+async fn failover_from_a_primary_demoted_in_place_leaves_no_session_behind() {
+    let clusters = tokio::task::block_in_place(Clusters::start);
+    tokio::time::timeout(DRILL_LIMIT, drill(&clusters, Fault::Demote))
+        .await
+        .expect("the drill ends within its limit");
+}
+
+async fn drill(clusters: &Clusters, fault: Fault) {
     clusters.wait_sync().await;
     let env = environment(clusters).await;
     let mut api = env.serve("api", &[]).await.unwrap();
@@ -484,7 +556,7 @@ async fn drill(clusters: &Clusters) {
     let started = Instant::now();
     let run = stream(&api.api, accounts, log.clone());
     tokio::time::sleep(KILL_AFTER).await;
-    let (killed, promoted) = tokio::task::block_in_place(|| fail_over(clusters, promote_after()));
+    let (killed, promoted) = tokio::task::block_in_place(|| fail_over(clusters, fault, promote_after()));
     let outcomes = run.await.unwrap();
     let streamed = started.elapsed();
     assert!(api.running() && worker.running(), "the processes survived the failover");
@@ -493,6 +565,9 @@ async fn drill(clusters: &Clusters) {
         .await
         .unwrap();
     let (lost, doubled) = audit(&pool, &outcomes).await;
+    if fault == Fault::Demote {
+        left_behind(clusters, &env.name).await;
+    }
     let log = log.lock().unwrap().clone();
     let (without_service, stall, failed) = gap(&log, killed);
     let count = |s: u16| outcomes.values().filter(|o| o.status == s).count();
@@ -502,6 +577,8 @@ async fn drill(clusters: &Clusters) {
         "drill: {}",
         serde_json::json!({
             "drill": "failover",
+            "fault": format!("{fault:?}").to_lowercase(),
+            "read_only_errors": read_only_errors(&[&api.log, &worker.log]),
             "seconds_without_service": two_decimals(without_service),
             "stall_s": two_decimals(stall),
             "kill_to_promoted_ms": (promoted - killed).as_millis(),
