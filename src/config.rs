@@ -153,9 +153,9 @@ impl Settings {
     /// What every command needs: the database.
     pub fn from_env() -> Result<Settings, ConfigError> {
         let database_url = required("DATABASE_URL")?;
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
-            return Err(ConfigError("DATABASE_URL must be a postgres:// URL".into()));
-        }
+        // The one parser of the URL (pure; `store::connect` uses it too):
+        // libpq's multi-host form included, other session attributes refused.
+        crate::store::dburl::DbUrl::parse(&database_url).map_err(ConfigError)?;
         let api_tokens = match var("API_TOKENS")? {
             Some(v) => parse_api_tokens(&v)?,
             None => Vec::new(),

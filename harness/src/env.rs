@@ -81,6 +81,17 @@ pub struct Env {
 impl Env {
     /// A fresh database (migrated, plans imported) and fresh topics.
     pub async fn create(spec: Spec) -> anyhow::Result<Env> {
+        Self::create_with_product_url(spec, None).await
+    }
+
+    /// Like [`Env::create`], with the product given another `DATABASE_URL`
+    /// for the same new database (e.g. a multi-host URL, which the harness's
+    /// own pool, built from `admin_db_url`, does not read): `product_db_url`
+    /// maps the database's name to it. Migration and plan import go through it.
+    pub async fn create_with_product_url(
+        spec: Spec,
+        product_db_url: Option<&dyn Fn(&str) -> String>,
+    ) -> anyhow::Result<Env> {
         let admin = PgPool::connect(&spec.admin_db_url).await.with_context(|| {
             format!(
                 "connecting to PostgreSQL at {} (run scripts/infra-up)",
@@ -99,6 +110,7 @@ impl Env {
             None => bail!("the database URL {} has no database part", spec.admin_db_url),
         };
         let pool = PgPoolOptions::new().max_connections(10).connect(&db_url).await?;
+        let db_url = product_db_url.map_or(db_url, |url_of| url_of(&spec.name));
         std::fs::create_dir_all(&spec.log_dir)?;
         let env = Env {
             prefix: format!("{}-{}.", spec.name, chrono::Utc::now().timestamp()),

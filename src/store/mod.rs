@@ -10,7 +10,9 @@
 
 mod accounts;
 mod claims;
+pub mod dburl;
 mod dead_letters;
+pub mod failover;
 mod history;
 mod offsets;
 mod payouts;
@@ -38,7 +40,9 @@ use crate::money::Accrued;
 pub type Tx<'a> = Transaction<'a, Postgres>;
 
 /// Connection pool sized for a worker's or API's needs; fails fast when the
-/// database is down so callers can answer 503 instead of hanging.
+/// database is down so callers can answer 503 instead of hanging. A
+/// multi-host `DATABASE_URL` (or `target_session_attrs=read-write`) gives a
+/// pool that follows a failover to the read-write host ([`failover`]).
 pub async fn connect(url: &secrecy::SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
     connect_as(url, max_connections, "interest-now", true).await
 }
@@ -53,17 +57,29 @@ pub async fn connect_as(
     log_statements: bool,
 ) -> anyhow::Result<PgPool> {
     use sqlx::ConnectOptions;
-    let mut options: PgConnectOptions = url.expose_secret().parse().context("DATABASE_URL")?;
-    options = options.application_name(application_name);
-    if !log_statements {
-        options = options.disable_statement_logging();
+    let parsed = dburl::DbUrl::parse(url.expose_secret()).map_err(anyhow::Error::msg)?;
+    let mut hosts = Vec::with_capacity(parsed.hosts.len());
+    for host in parsed.hosts {
+        let mut options: PgConnectOptions = host.url.parse().context("DATABASE_URL")?;
+        options = options.application_name(application_name);
+        if !log_statements {
+            options = options.disable_statement_logging();
+        }
+        hosts.push(failover::Host {
+            label: host.label,
+            options,
+        });
     }
-    PgPoolOptions::new()
+    let pool_options = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_with(options)
-        .await
-        .context("connecting to PostgreSQL")
+        .acquire_timeout(Duration::from_secs(3));
+    let pool = if parsed.read_write {
+        failover::connect(hosts, pool_options).await
+    } else {
+        let single = hosts.pop().expect("one host").options;
+        pool_options.connect_with(single).await.map_err(anyhow::Error::from)
+    };
+    pool.context("connecting to PostgreSQL")
 }
 
 /// A database round trip within `limit`: the health probe of readiness and

@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod drills;
+mod failover;
 mod faults;
 mod finance;
 mod harness;
