@@ -84,7 +84,7 @@ impl Relay {
                 .map(|(payout_id, key, payload)| OutboxItem {
                     payout_id,
                     key,
-                    payload,
+                    payload: as_handed_over(payload),
                 })
                 .collect();
             self.publish_all(items, shutdown).await;
@@ -131,6 +131,21 @@ impl Relay {
             tracing::warn!(event = "relay_send_failed", error = %e);
         }
         results.iter().take_while(|r| r.is_ok()).count()
+    }
+}
+
+/// The bytes the worker's hand-off publishes for the same payout.
+///
+/// A payout may go out twice (at least once): once swept from the outbox and
+/// once from the worker's hand-off. The sweep reads `payload::text`, which is
+/// PostgreSQL's jsonb rendering (its own key order, `": "` and `", "`); the
+/// hand-off is `serde_json::Value::to_string()`. Rendering the swept text
+/// through the same `Value` makes a duplicate byte-identical to its first
+/// copy, so a consumer may dedupe on `payout_id` or on the bytes alike.
+fn as_handed_over(jsonb_text: String) -> String {
+    match serde_json::from_str::<serde_json::Value>(&jsonb_text) {
+        Ok(v) => v.to_string(),
+        Err(_) => jsonb_text,
     }
 }
 
