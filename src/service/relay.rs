@@ -11,6 +11,7 @@
 //! [`DeadLetterRelay`] does the same for the dead-letter outbox
 //! (`dead_letters`) and `balance-snapshots.dlq`.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Batches the worker may hand over before it waits for the relay.
 pub const RELAY_QUEUE_MAX: usize = 64;
+/// Handed-over payouts the relay holds while a publication is under way;
+/// past this it forgets them and sweeps the table instead (they are there).
+const HELD_ITEMS_MAX: usize = 10_000;
+/// How often `outbox_pending` is counted, whatever the relay is doing.
+const PENDING_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Relay {
     pub pool: PgPool,
@@ -42,44 +48,186 @@ pub struct Relay {
     pub metrics: Metrics,
 }
 
+/// What the relay owes: a sweep of the table (requested, or because
+/// handed-over payouts were dropped), then the payouts handed over since, in
+/// commit order. The sweep goes first: everything dropped was committed
+/// before anything held, so per account the order stays commit order.
+#[derive(Default)]
+struct Owed {
+    sweep: Option<Vec<i32>>,
+    held: Vec<OutboxItem>,
+}
+
+impl Owed {
+    fn is_empty(&self) -> bool {
+        self.sweep.is_none() && self.held.is_empty()
+    }
+
+    fn sweep(&mut self, partitions: &[i32]) {
+        let mut all = self.sweep.take().unwrap_or_default();
+        all.extend_from_slice(partitions);
+        all.sort_unstable();
+        all.dedup();
+        self.sweep = Some(all);
+    }
+
+    /// Holds a committed batch; a full hold is dropped for a sweep (bounded memory).
+    fn hold(&mut self, items: Vec<OutboxItem>) {
+        if self.held.len() + items.len() > HELD_ITEMS_MAX {
+            tracing::warn!(event = "relay_hold_full", dropped = self.held.len() + items.len());
+            self.held.clear();
+            self.sweep(&[]);
+            return;
+        }
+        self.held.extend(items);
+    }
+
+    fn add(&mut self, work: RelayWork) {
+        match work {
+            RelayWork::Publish(items) => self.hold(items),
+            RelayWork::Sweep(partitions) => self.sweep(&partitions),
+        }
+    }
+}
+
+enum Job {
+    Sweep(Vec<i32>),
+    Items(Vec<OutboxItem>),
+}
+
 impl Relay {
     /// Runs until the worker drops its sender (after its last batch).
+    ///
+    /// The hand-off channel is read all the time, also while a publication
+    /// waits for a broker or a topic that is away: the worker never waits
+    /// behind the relay for longer than one channel send, so claims keep
+    /// being paid while `interest-payouts` cannot be written (the outbox
+    /// holds the payouts; drill 5, docs/RELIABILITY.md).
     pub async fn run(self, mut work: mpsc::Receiver<RelayWork>, shutdown: CancellationToken) {
+        let gauge = shutdown.child_token();
+        let _stop_gauge = gauge.clone().drop_guard();
+        tokio::spawn(count_pending(self.pool.clone(), self.metrics.clone(), gauge));
         // An interval, not a sleep per loop: steady work must not postpone the sweep for ever.
         let mut sweep_every = tokio::time::interval(SWEEP_INTERVAL);
         sweep_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut owed = Owed::default();
+        let mut open = true;
         loop {
-            tokio::select! {
-                w = work.recv() => match w {
-                    Some(RelayWork::Publish(items)) => self.publish_all(items, &shutdown).await,
-                    Some(RelayWork::Sweep(partitions)) => self.sweep(&partitions, &shutdown).await,
-                    None => return,
-                },
-                _ = sweep_every.tick() => {
-                    let partitions = self.status.lock().expect("status").claim_partitions.clone();
-                    self.sweep(&partitions, &shutdown).await;
-                    if let Ok(n) = store::outbox_pending(&self.pool).await {
-                        self.metrics.outbox_pending.set(n);
-                    }
+            if owed.is_empty() {
+                if !open {
+                    return;
                 }
+                tokio::select! {
+                    w = work.recv() => match w {
+                        Some(w) => owed.add(w),
+                        None => return,
+                    },
+                    _ = sweep_every.tick() => owed.sweep(&[]),
+                }
+            }
+            let job = self.next_job(&mut owed);
+            let done = self.work(job, &mut owed, &mut work, &mut open, &mut sweep_every).await;
+            if !done {
+                if shutdown.is_cancelled() || !open {
+                    tracing::warn!(
+                        event = "relay_stopped_with_pending",
+                        "left in the outbox for the next owner"
+                    );
+                    return;
+                }
+                let pause = tokio::time::sleep(RETRY_PAUSE);
+                self.while_reading(pause, &mut owed, &mut work, &mut open, &mut sweep_every)
+                    .await;
             }
         }
     }
 
-    async fn sweep(&self, partitions: &[i32], shutdown: &CancellationToken) {
+    /// The sweep first (of the requested and every assigned partition), else what is held.
+    fn next_job(&self, owed: &mut Owed) -> Job {
+        match owed.sweep.take() {
+            Some(mut partitions) => {
+                partitions.extend(self.status.lock().expect("status").claim_partitions.iter());
+                partitions.sort_unstable();
+                partitions.dedup();
+                Job::Sweep(partitions)
+            }
+            None => Job::Items(std::mem::take(&mut owed.held)),
+        }
+    }
+
+    /// Does one job while reading the channel; true when everything in it went out.
+    /// A job that fails leaves its payouts to a sweep (they are in the table).
+    async fn work(
+        &self,
+        job: Job,
+        owed: &mut Owed,
+        work: &mut mpsc::Receiver<RelayWork>,
+        open: &mut bool,
+        sweep_every: &mut tokio::time::Interval,
+    ) -> bool {
+        let (done, published) = match job {
+            Job::Sweep(partitions) => {
+                let sweep = self.sweep(&partitions);
+                let (done, published) = self.while_reading(sweep, owed, work, open, sweep_every).await;
+                if !done {
+                    owed.sweep(&partitions);
+                }
+                (done, published)
+            }
+            Job::Items(items) => {
+                let publish = self.publish_once(&items);
+                let (done, published) = self.while_reading(publish, owed, work, open, sweep_every).await;
+                if !done {
+                    owed.sweep(&[]);
+                }
+                (done, published)
+            }
+        };
+        // What went out needs no second copy from the hold.
+        let published: HashSet<Uuid> = published.into_iter().collect();
+        owed.held.retain(|i| !published.contains(&i.payout_id));
+        done
+    }
+
+    /// Awaits `job` while holding whatever the worker hands over meanwhile.
+    async fn while_reading<T>(
+        &self,
+        job: impl std::future::Future<Output = T>,
+        owed: &mut Owed,
+        work: &mut mpsc::Receiver<RelayWork>,
+        open: &mut bool,
+        sweep_every: &mut tokio::time::Interval,
+    ) -> T {
+        tokio::pin!(job);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut job => return out,
+                w = work.recv(), if *open => match w {
+                    Some(w) => owed.add(w),
+                    None => *open = false,
+                },
+                _ = sweep_every.tick() => owed.sweep(&[]),
+            }
+        }
+    }
+
+    /// Publishes the partitions' unpublished rows in `seq` order; (all out, ids published).
+    async fn sweep(&self, partitions: &[i32]) -> (bool, Vec<Uuid>) {
+        let mut published = Vec::new();
         if partitions.is_empty() {
-            return;
+            return (true, published);
         }
         loop {
             let rows = match store::unpublished(&self.pool, partitions, SWEEP_BATCH_MAX).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(event = "relay_sweep_failed", error = format!("{e:#}"));
-                    return;
+                    return (false, published);
                 }
             };
             let n = rows.len();
-            let items = rows
+            let items: Vec<OutboxItem> = rows
                 .into_iter()
                 .map(|(payout_id, key, payload)| OutboxItem {
                     payout_id,
@@ -87,35 +235,26 @@ impl Relay {
                     payload: as_handed_over(payload),
                 })
                 .collect();
-            self.publish_all(items, shutdown).await;
-            if (n as i64) < SWEEP_BATCH_MAX {
-                return;
+            let (done, ids) = self.publish_once(&items).await;
+            published.extend(ids);
+            if !done || (n as i64) < SWEEP_BATCH_MAX {
+                return (done, published);
             }
         }
     }
 
-    /// Publishes in order, retrying the undelivered suffix until done (or shutdown).
-    async fn publish_all(&self, mut items: Vec<OutboxItem>, shutdown: &CancellationToken) {
-        while !items.is_empty() {
-            let delivered = self.publish(&items).await;
-            if delivered > 0 {
-                let ids: Vec<Uuid> = items[..delivered].iter().map(|i| i.payout_id).collect();
-                if let Err(e) = store::mark_published(&self.pool, &ids).await {
-                    // Published but not marked: a later sweep publishes again (at least once).
-                    tracing::warn!(event = "relay_mark_failed", error = format!("{e:#}"));
-                }
-                items.drain(..delivered);
-            }
-            if !items.is_empty() {
-                if shutdown.is_cancelled() {
-                    tracing::warn!(event = "relay_stopped_with_pending", pending = items.len());
-                    return;
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
+    /// One attempt, in order: marks the delivered prefix published; (all out, its ids).
+    async fn publish_once(&self, items: &[OutboxItem]) -> (bool, Vec<Uuid>) {
+        let delivered = self.publish(items).await;
+        let ids: Vec<Uuid> = items[..delivered].iter().map(|i| i.payout_id).collect();
+        if !ids.is_empty() {
+            if let Err(e) = store::mark_published(&self.pool, &ids).await {
+                // Published but not marked: a later sweep publishes again (at least once).
+                tracing::warn!(event = "relay_mark_failed", error = format!("{e:#}"));
             }
         }
+        (delivered == items.len(), ids)
     }
-
     /// Sends all; returns how many were delivered before the first failure.
     async fn publish(&self, items: &[OutboxItem]) -> usize {
         let sends = items.iter().map(|i| {
@@ -131,6 +270,23 @@ impl Relay {
             tracing::warn!(event = "relay_send_failed", error = %e);
         }
         results.iter().take_while(|r| r.is_ok()).count()
+    }
+}
+
+/// Keeps `outbox_pending` current while the relay may be stuck on a
+/// publication (the alert on it must see the backlog grow).
+async fn count_pending(pool: PgPool, metrics: Metrics, stop: CancellationToken) {
+    let mut every = tokio::time::interval(PENDING_GAUGE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {
+                if let Ok(n) = store::outbox_pending(&pool).await {
+                    metrics.outbox_pending.set(n);
+                }
+            }
+        }
     }
 }
 
@@ -250,5 +406,22 @@ impl DeadLetterRelay {
             }
         }
         delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_handed_over;
+
+    #[test]
+    fn a_swept_payload_has_the_hand_off_bytes() {
+        // jsonb's rendering: keys by length, then bytewise; ", " and ": ".
+        let jsonb = r#"{"net": "99", "kind": "claim", "rates": [{"plan": "basic", "tiers": [{"rate_percent": "2.0"}]}], "payout_id": "p"}"#;
+        let handed_over = serde_json::json!({
+            "payout_id": "p", "kind": "claim", "net": "99",
+            "rates": [{"tiers": [{"rate_percent": "2.0"}], "plan": "basic"}],
+        })
+        .to_string();
+        assert_eq!(as_handed_over(jsonb.to_owned()), handed_over);
     }
 }
