@@ -95,6 +95,52 @@ enum Job {
     Items(Vec<OutboxItem>),
 }
 
+/// The hand-off channel as the relay reads it while it works: what arrives
+/// is added to what it owes.
+struct Inbox {
+    rx: mpsc::Receiver<RelayWork>,
+    /// False once the worker dropped its sender.
+    open: bool,
+    // An interval, not a sleep per loop: steady work must not postpone the sweep for ever.
+    sweep_every: tokio::time::Interval,
+    owed: Owed,
+}
+
+impl Inbox {
+    /// Awaits `job` while holding whatever the worker hands over meanwhile.
+    async fn while_reading<T>(&mut self, job: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(job);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut job => return out,
+                w = self.rx.recv(), if self.open => match w {
+                    Some(w) => self.owed.add(w),
+                    None => self.open = false,
+                },
+                _ = self.sweep_every.tick() => self.owed.sweep(&[]),
+            }
+        }
+    }
+
+    /// Waits for something to do; false when there never will be.
+    async fn next(&mut self) -> bool {
+        while self.owed.is_empty() {
+            if !self.open {
+                return false;
+            }
+            tokio::select! {
+                w = self.rx.recv() => match w {
+                    Some(w) => self.owed.add(w),
+                    None => self.open = false,
+                },
+                _ = self.sweep_every.tick() => self.owed.sweep(&[]),
+            }
+        }
+        true
+    }
+}
+
 impl Relay {
     /// Runs until the worker drops its sender (after its last batch).
     ///
@@ -102,42 +148,35 @@ impl Relay {
     /// waits for a broker or a topic that is away: the worker never waits
     /// behind the relay for longer than one channel send, so claims keep
     /// being paid while `interest-payouts` cannot be written (the outbox
-    /// holds the payouts; drill 5, docs/RELIABILITY.md).
-    pub async fn run(self, mut work: mpsc::Receiver<RelayWork>, shutdown: CancellationToken) {
+    /// holds the payouts; drill 5, docs/RELIABILITY.md). After a failure the
+    /// next attempt probes with one payout before it sends the backlog, so a
+    /// topic that stays away costs one failed send per `RETRY_PAUSE`, not one
+    /// per pending payout (each failure counts towards renewing the producer).
+    pub async fn run(self, rx: mpsc::Receiver<RelayWork>, shutdown: CancellationToken) {
         let gauge = shutdown.child_token();
         let _stop_gauge = gauge.clone().drop_guard();
         tokio::spawn(count_pending(self.pool.clone(), self.metrics.clone(), gauge));
-        // An interval, not a sleep per loop: steady work must not postpone the sweep for ever.
         let mut sweep_every = tokio::time::interval(SWEEP_INTERVAL);
         sweep_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut owed = Owed::default();
-        let mut open = true;
-        loop {
-            if owed.is_empty() {
-                if !open {
-                    return;
-                }
-                tokio::select! {
-                    w = work.recv() => match w {
-                        Some(w) => owed.add(w),
-                        None => return,
-                    },
-                    _ = sweep_every.tick() => owed.sweep(&[]),
-                }
-            }
-            let job = self.next_job(&mut owed);
-            let done = self.work(job, &mut owed, &mut work, &mut open, &mut sweep_every).await;
-            if !done {
-                if shutdown.is_cancelled() || !open {
+        let mut inbox = Inbox {
+            rx,
+            open: true,
+            sweep_every,
+            owed: Owed::default(),
+        };
+        let mut failing = false;
+        while inbox.next().await {
+            let job = self.next_job(&mut inbox.owed);
+            failing = !self.work(job, failing, &mut inbox).await;
+            if failing {
+                if shutdown.is_cancelled() || !inbox.open {
                     tracing::warn!(
                         event = "relay_stopped_with_pending",
                         "left in the outbox for the next owner"
                     );
                     return;
                 }
-                let pause = tokio::time::sleep(RETRY_PAUSE);
-                self.while_reading(pause, &mut owed, &mut work, &mut open, &mut sweep_every)
-                    .await;
+                inbox.while_reading(tokio::time::sleep(RETRY_PAUSE)).await;
             }
         }
     }
@@ -157,76 +196,46 @@ impl Relay {
 
     /// Does one job while reading the channel; true when everything in it went out.
     /// A job that fails leaves its payouts to a sweep (they are in the table).
-    async fn work(
-        &self,
-        job: Job,
-        owed: &mut Owed,
-        work: &mut mpsc::Receiver<RelayWork>,
-        open: &mut bool,
-        sweep_every: &mut tokio::time::Interval,
-    ) -> bool {
+    async fn work(&self, job: Job, probe: bool, inbox: &mut Inbox) -> bool {
         let (done, published) = match job {
             Job::Sweep(partitions) => {
-                let sweep = self.sweep(&partitions);
-                let (done, published) = self.while_reading(sweep, owed, work, open, sweep_every).await;
+                let (done, published) = inbox.while_reading(self.sweep(&partitions, probe)).await;
                 if !done {
-                    owed.sweep(&partitions);
+                    inbox.owed.sweep(&partitions);
                 }
                 (done, published)
             }
             Job::Items(items) => {
-                let publish = self.publish_once(&items);
-                let (done, published) = self.while_reading(publish, owed, work, open, sweep_every).await;
+                let (done, published) = inbox.while_reading(self.publish_once(&items)).await;
                 if !done {
-                    owed.sweep(&[]);
+                    inbox.owed.sweep(&[]);
                 }
                 (done, published)
             }
         };
         // What went out needs no second copy from the hold.
         let published: HashSet<Uuid> = published.into_iter().collect();
-        owed.held.retain(|i| !published.contains(&i.payout_id));
+        inbox.owed.held.retain(|i| !published.contains(&i.payout_id));
         done
     }
 
-    /// Awaits `job` while holding whatever the worker hands over meanwhile.
-    async fn while_reading<T>(
-        &self,
-        job: impl std::future::Future<Output = T>,
-        owed: &mut Owed,
-        work: &mut mpsc::Receiver<RelayWork>,
-        open: &mut bool,
-        sweep_every: &mut tokio::time::Interval,
-    ) -> T {
-        tokio::pin!(job);
-        loop {
-            tokio::select! {
-                biased;
-                out = &mut job => return out,
-                w = work.recv(), if *open => match w {
-                    Some(w) => owed.add(w),
-                    None => *open = false,
-                },
-                _ = sweep_every.tick() => owed.sweep(&[]),
-            }
-        }
-    }
-
-    /// Publishes the partitions' unpublished rows in `seq` order; (all out, ids published).
-    async fn sweep(&self, partitions: &[i32]) -> (bool, Vec<Uuid>) {
+    /// Publishes the partitions' unpublished rows in `seq` order, the first
+    /// round one row only when `probe`; (all out, ids published).
+    async fn sweep(&self, partitions: &[i32], probe: bool) -> (bool, Vec<Uuid>) {
         let mut published = Vec::new();
         if partitions.is_empty() {
             return (true, published);
         }
+        let mut limit = if probe { 1 } else { SWEEP_BATCH_MAX };
         loop {
-            let rows = match store::unpublished(&self.pool, partitions, SWEEP_BATCH_MAX).await {
+            let rows = match store::unpublished(&self.pool, partitions, limit).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(event = "relay_sweep_failed", error = format!("{e:#}"));
                     return (false, published);
                 }
             };
-            let n = rows.len();
+            let n = rows.len() as i64;
             let items: Vec<OutboxItem> = rows
                 .into_iter()
                 .map(|(payout_id, key, payload)| OutboxItem {
@@ -237,9 +246,11 @@ impl Relay {
                 .collect();
             let (done, ids) = self.publish_once(&items).await;
             published.extend(ids);
-            if !done || (n as i64) < SWEEP_BATCH_MAX {
+            // A probe that went out is followed by full rounds.
+            if !done || (n < limit && limit == SWEEP_BATCH_MAX) || n == 0 {
                 return (done, published);
             }
+            limit = SWEEP_BATCH_MAX;
         }
     }
 
