@@ -11,6 +11,7 @@
 //! [`DeadLetterRelay`] does the same for the dead-letter outbox
 //! (`dead_letters`) and `balance-snapshots.dlq`.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Batches the worker may hand over before it waits for the relay.
 pub const RELAY_QUEUE_MAX: usize = 64;
+/// Handed-over payouts the relay holds while a publication is under way;
+/// past this it forgets them and sweeps the table instead (they are there).
+const HELD_ITEMS_MAX: usize = 10_000;
+/// How often `outbox_pending` is counted, whatever the relay is doing.
+const PENDING_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Relay {
     pub pool: PgPool,
@@ -42,80 +48,224 @@ pub struct Relay {
     pub metrics: Metrics,
 }
 
-impl Relay {
-    /// Runs until the worker drops its sender (after its last batch).
-    pub async fn run(self, mut work: mpsc::Receiver<RelayWork>, shutdown: CancellationToken) {
-        // An interval, not a sleep per loop: steady work must not postpone the sweep for ever.
-        let mut sweep_every = tokio::time::interval(SWEEP_INTERVAL);
-        sweep_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// What the relay owes: a sweep of the table (requested, or because
+/// handed-over payouts were dropped), then the payouts handed over since, in
+/// commit order. The sweep goes first: everything dropped was committed
+/// before anything held, so per account the order stays commit order.
+#[derive(Default)]
+struct Owed {
+    sweep: Option<Vec<i32>>,
+    held: Vec<OutboxItem>,
+}
+
+impl Owed {
+    fn is_empty(&self) -> bool {
+        self.sweep.is_none() && self.held.is_empty()
+    }
+
+    fn sweep(&mut self, partitions: &[i32]) {
+        let mut all = self.sweep.take().unwrap_or_default();
+        all.extend_from_slice(partitions);
+        all.sort_unstable();
+        all.dedup();
+        self.sweep = Some(all);
+    }
+
+    /// Holds a committed batch; a full hold is dropped for a sweep (bounded memory).
+    fn hold(&mut self, items: Vec<OutboxItem>) {
+        if self.held.len() + items.len() > HELD_ITEMS_MAX {
+            tracing::warn!(event = "relay_hold_full", dropped = self.held.len() + items.len());
+            self.held.clear();
+            self.sweep(&[]);
+            return;
+        }
+        self.held.extend(items);
+    }
+
+    fn add(&mut self, work: RelayWork) {
+        match work {
+            RelayWork::Publish(items) => self.hold(items),
+            RelayWork::Sweep(partitions) => self.sweep(&partitions),
+        }
+    }
+}
+
+enum Job {
+    Sweep(Vec<i32>),
+    Items(Vec<OutboxItem>),
+}
+
+/// The hand-off channel as the relay reads it while it works: what arrives
+/// is added to what it owes.
+struct Inbox {
+    rx: mpsc::Receiver<RelayWork>,
+    /// False once the worker dropped its sender.
+    open: bool,
+    // An interval, not a sleep per loop: steady work must not postpone the sweep for ever.
+    sweep_every: tokio::time::Interval,
+    owed: Owed,
+}
+
+impl Inbox {
+    /// Awaits `job` while holding whatever the worker hands over meanwhile.
+    async fn while_reading<T>(&mut self, job: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(job);
         loop {
             tokio::select! {
-                w = work.recv() => match w {
-                    Some(RelayWork::Publish(items)) => self.publish_all(items, &shutdown).await,
-                    Some(RelayWork::Sweep(partitions)) => self.sweep(&partitions, &shutdown).await,
-                    None => return,
+                biased;
+                out = &mut job => return out,
+                w = self.rx.recv(), if self.open => match w {
+                    Some(w) => self.owed.add(w),
+                    None => self.open = false,
                 },
-                _ = sweep_every.tick() => {
-                    let partitions = self.status.lock().expect("status").claim_partitions.clone();
-                    self.sweep(&partitions, &shutdown).await;
-                    if let Ok(n) = store::outbox_pending(&self.pool).await {
-                        self.metrics.outbox_pending.set(n);
-                    }
-                }
+                _ = self.sweep_every.tick() => self.owed.sweep(&[]),
             }
         }
     }
 
-    async fn sweep(&self, partitions: &[i32], shutdown: &CancellationToken) {
-        if partitions.is_empty() {
-            return;
+    /// Waits for something to do; false when there never will be.
+    async fn next(&mut self) -> bool {
+        while self.owed.is_empty() {
+            if !self.open {
+                return false;
+            }
+            tokio::select! {
+                w = self.rx.recv() => match w {
+                    Some(w) => self.owed.add(w),
+                    None => self.open = false,
+                },
+                _ = self.sweep_every.tick() => self.owed.sweep(&[]),
+            }
         }
+        true
+    }
+}
+
+impl Relay {
+    /// Runs until the worker drops its sender (after its last batch).
+    ///
+    /// The hand-off channel is read all the time, also while a publication
+    /// waits for a broker or a topic that is away: the worker never waits
+    /// behind the relay for longer than one channel send, so claims keep
+    /// being paid while `interest-payouts` cannot be written (the outbox
+    /// holds the payouts; drill 5, docs/RELIABILITY.md). After a failure the
+    /// next attempt probes with one payout before it sends the backlog, so a
+    /// topic that stays away costs one failed send per `RETRY_PAUSE`, not one
+    /// per pending payout (each failure counts towards renewing the producer).
+    pub async fn run(self, rx: mpsc::Receiver<RelayWork>, shutdown: CancellationToken) {
+        let gauge = shutdown.child_token();
+        let _stop_gauge = gauge.clone().drop_guard();
+        tokio::spawn(count_pending(self.pool.clone(), self.metrics.clone(), gauge));
+        let mut sweep_every = tokio::time::interval(SWEEP_INTERVAL);
+        sweep_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut inbox = Inbox {
+            rx,
+            open: true,
+            sweep_every,
+            owed: Owed::default(),
+        };
+        let mut failing = false;
+        while inbox.next().await {
+            let job = self.next_job(&mut inbox.owed);
+            failing = !self.work(job, failing, &mut inbox).await;
+            if failing {
+                if shutdown.is_cancelled() || !inbox.open {
+                    tracing::warn!(
+                        event = "relay_stopped_with_pending",
+                        "left in the outbox for the next owner"
+                    );
+                    return;
+                }
+                inbox.while_reading(tokio::time::sleep(RETRY_PAUSE)).await;
+            }
+        }
+    }
+
+    /// The sweep first (of the requested and every assigned partition), else what is held.
+    fn next_job(&self, owed: &mut Owed) -> Job {
+        match owed.sweep.take() {
+            Some(mut partitions) => {
+                partitions.extend(self.status.lock().expect("status").claim_partitions.iter());
+                partitions.sort_unstable();
+                partitions.dedup();
+                Job::Sweep(partitions)
+            }
+            None => Job::Items(std::mem::take(&mut owed.held)),
+        }
+    }
+
+    /// Does one job while reading the channel; true when everything in it went out.
+    /// A job that fails leaves its payouts to a sweep (they are in the table).
+    async fn work(&self, job: Job, probe: bool, inbox: &mut Inbox) -> bool {
+        let (done, published) = match job {
+            Job::Sweep(partitions) => {
+                let (done, published) = inbox.while_reading(self.sweep(&partitions, probe)).await;
+                if !done {
+                    inbox.owed.sweep(&partitions);
+                }
+                (done, published)
+            }
+            Job::Items(items) => {
+                let (done, published) = inbox.while_reading(self.publish_once(&items)).await;
+                if !done {
+                    inbox.owed.sweep(&[]);
+                }
+                (done, published)
+            }
+        };
+        // What went out needs no second copy from the hold.
+        let published: HashSet<Uuid> = published.into_iter().collect();
+        inbox.owed.held.retain(|i| !published.contains(&i.payout_id));
+        done
+    }
+
+    /// Publishes the partitions' unpublished rows in `seq` order, the first
+    /// round one row only when `probe`; (all out, ids published).
+    async fn sweep(&self, partitions: &[i32], probe: bool) -> (bool, Vec<Uuid>) {
+        let mut published = Vec::new();
+        if partitions.is_empty() {
+            return (true, published);
+        }
+        let mut limit = if probe { 1 } else { SWEEP_BATCH_MAX };
         loop {
-            let rows = match store::unpublished(&self.pool, partitions, SWEEP_BATCH_MAX).await {
+            let rows = match store::unpublished(&self.pool, partitions, limit).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(event = "relay_sweep_failed", error = format!("{e:#}"));
-                    return;
+                    return (false, published);
                 }
             };
-            let n = rows.len();
-            let items = rows
+            let n = rows.len() as i64;
+            let items: Vec<OutboxItem> = rows
                 .into_iter()
                 .map(|(payout_id, key, payload)| OutboxItem {
                     payout_id,
                     key,
-                    payload,
+                    payload: as_handed_over(payload),
                 })
                 .collect();
-            self.publish_all(items, shutdown).await;
-            if (n as i64) < SWEEP_BATCH_MAX {
-                return;
+            let (done, ids) = self.publish_once(&items).await;
+            published.extend(ids);
+            // A probe that went out is followed by full rounds.
+            if !done || (n < limit && limit == SWEEP_BATCH_MAX) || n == 0 {
+                return (done, published);
             }
+            limit = SWEEP_BATCH_MAX;
         }
     }
 
-    /// Publishes in order, retrying the undelivered suffix until done (or shutdown).
-    async fn publish_all(&self, mut items: Vec<OutboxItem>, shutdown: &CancellationToken) {
-        while !items.is_empty() {
-            let delivered = self.publish(&items).await;
-            if delivered > 0 {
-                let ids: Vec<Uuid> = items[..delivered].iter().map(|i| i.payout_id).collect();
-                if let Err(e) = store::mark_published(&self.pool, &ids).await {
-                    // Published but not marked: a later sweep publishes again (at least once).
-                    tracing::warn!(event = "relay_mark_failed", error = format!("{e:#}"));
-                }
-                items.drain(..delivered);
-            }
-            if !items.is_empty() {
-                if shutdown.is_cancelled() {
-                    tracing::warn!(event = "relay_stopped_with_pending", pending = items.len());
-                    return;
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
+    /// One attempt, in order: marks the delivered prefix published; (all out, its ids).
+    async fn publish_once(&self, items: &[OutboxItem]) -> (bool, Vec<Uuid>) {
+        let delivered = self.publish(items).await;
+        let ids: Vec<Uuid> = items[..delivered].iter().map(|i| i.payout_id).collect();
+        if !ids.is_empty() {
+            if let Err(e) = store::mark_published(&self.pool, &ids).await {
+                // Published but not marked: a later sweep publishes again (at least once).
+                tracing::warn!(event = "relay_mark_failed", error = format!("{e:#}"));
             }
         }
+        (delivered == items.len(), ids)
     }
-
     /// Sends all; returns how many were delivered before the first failure.
     async fn publish(&self, items: &[OutboxItem]) -> usize {
         let sends = items.iter().map(|i| {
@@ -131,6 +281,38 @@ impl Relay {
             tracing::warn!(event = "relay_send_failed", error = %e);
         }
         results.iter().take_while(|r| r.is_ok()).count()
+    }
+}
+
+/// Keeps `outbox_pending` current while the relay may be stuck on a
+/// publication (the alert on it must see the backlog grow).
+async fn count_pending(pool: PgPool, metrics: Metrics, stop: CancellationToken) {
+    let mut every = tokio::time::interval(PENDING_GAUGE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {
+                if let Ok(n) = store::outbox_pending(&pool).await {
+                    metrics.outbox_pending.set(n);
+                }
+            }
+        }
+    }
+}
+
+/// The bytes the worker's hand-off publishes for the same payout.
+///
+/// A payout may go out twice (at least once): once swept from the outbox and
+/// once from the worker's hand-off. The sweep reads `payload::text`, which is
+/// PostgreSQL's jsonb rendering (its own key order, `": "` and `", "`); the
+/// hand-off is `serde_json::Value::to_string()`. Rendering the swept text
+/// through the same `Value` makes a duplicate byte-identical to its first
+/// copy, so a consumer may dedupe on `payout_id` or on the bytes alike.
+fn as_handed_over(jsonb_text: String) -> String {
+    match serde_json::from_str::<serde_json::Value>(&jsonb_text) {
+        Ok(v) => v.to_string(),
+        Err(_) => jsonb_text,
     }
 }
 
@@ -235,5 +417,22 @@ impl DeadLetterRelay {
             }
         }
         delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_handed_over;
+
+    #[test]
+    fn a_swept_payload_has_the_hand_off_bytes() {
+        // jsonb's rendering: keys by length, then bytewise; ", " and ": ".
+        let jsonb = r#"{"net": "99", "kind": "claim", "rates": [{"plan": "basic", "tiers": [{"rate_percent": "2.0"}]}], "payout_id": "p"}"#;
+        let handed_over = serde_json::json!({
+            "payout_id": "p", "kind": "claim", "net": "99",
+            "rates": [{"tiers": [{"rate_percent": "2.0"}], "plan": "basic"}],
+        })
+        .to_string();
+        assert_eq!(as_handed_over(jsonb.to_owned()), handed_over);
     }
 }

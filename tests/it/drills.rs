@@ -5,6 +5,7 @@
 //! asserted as timings.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,9 @@ use interest_now::money::types::{format_instant, kst, kst_midnight_utc};
 use sqlx::Row;
 
 use crate::harness::{free_addr, now, suite_offset, Api, Env, Service};
+
+mod downstream;
+mod timeline;
 
 /// How one claim went: its final status, how many requests it took, and how
 /// long the client waited from the first request to the final answer.
@@ -214,4 +218,299 @@ fn report(outcomes: &HashMap<String, Outcome>, (lost, doubled): (usize, usize)) 
             "doubled": doubled,
         })
     );
+}
+
+/// Drill 5, downstream isolation: core banking stops reading
+/// `interest-payouts`, then the topic is gone (deleted: no write can
+/// succeed) for `DRILL_DOWNSTREAM_OUTAGE_S` (12 s here, 60 s in the full
+/// drill) while claims flow at a steady rate. Claims keep being paid and
+/// answered at the same speed, the outbox holds the payouts
+/// (`outbox_pending` past the chart's alert threshold), and when the topic is
+/// back every payout reaches it, in period order per account, any duplicate
+/// byte-identical under its `payout_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn downstream_isolation_claims_flow_while_the_payouts_topic_is_gone() {
+    let plan = downstream::Plan::from_env();
+    let env = Env::new(4).await;
+    let svc = env
+        .serve("all", &[("CLAIMS_PER_DAY", "100000"), ("CLAIM_WAIT_MS", "1000")])
+        .await;
+    let as_of = format_instant(now() - Dur::days(2));
+    for i in 0..plan.accounts {
+        env.snapshot(&downstream::account(i), 1, "10000000000", &as_of).await;
+    }
+    env.wait_accounts(plan.accounts as i64).await;
+    let apis = Arc::new(RwLock::new(vec![svc.api.clone()]));
+    let run = run_downstream(&env, &svc, apis, plan).await;
+    let audited = audit_keys(&env, &run.claims).await;
+    let topic = downstream_topic_audit(&env, &run).await;
+    let drained_s = downstream::drained_s(&env, run.returned_at).await;
+    let figures = downstream_figures(plan, &run, audited, &topic, drained_s);
+    println!("drill: {figures}");
+    let svg = downstream_timeline(plan, &run);
+    println!("timeline: {}", timeline::write("downstream", &svg, &figures).display());
+    assert_claims_kept_flowing(plan, &figures);
+    drop(svc);
+    env.drop_db().await;
+}
+
+/// While the topic was gone, claims were paid at once at the offered rate
+/// (a relay stuck on the topic must not hold the worker up), and the gauge
+/// the alert reads rose with the backlog. Loose bounds: a shared machine.
+fn assert_claims_kept_flowing(plan: downstream::Plan, figures: &serde_json::Value) {
+    let gone = &figures["topic_gone"];
+    let paid_per_s = gone["answered_201_per_s"].as_f64().unwrap();
+    assert!(
+        paid_per_s >= 0.8 * plan.rate_per_s as f64,
+        "claims paid at once while the topic was gone: {paid_per_s}/s"
+    );
+    let queued = gone["answered_202"].as_u64().unwrap();
+    assert!(
+        queued * 100 <= plan.rate_per_s * plan.outage_s,
+        "{queued} claims answered 202 while the topic was gone"
+    );
+    let pending = figures["outbox_pending_max_metric"].as_u64().unwrap();
+    assert!(
+        pending * 2 >= plan.rate_per_s * plan.outage_s,
+        "outbox_pending on /metrics rose only to {pending}"
+    );
+}
+
+/// What the load, the sampler and the tap recorded.
+struct DownstreamRun {
+    claims: Vec<downstream::Claim>,
+    samples: Vec<downstream::Sample>,
+    before_deletion: Vec<downstream::Copy>,
+    /// The database's clock just before the topic was created again.
+    returned_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The load for the whole plan; meanwhile the topic goes and comes back.
+async fn run_downstream(
+    env: &Env,
+    svc: &Service,
+    apis: Arc<RwLock<Vec<Api>>>,
+    plan: downstream::Plan,
+) -> DownstreamRun {
+    let tap_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tap = downstream::tap_until_stopped(env, tap_stop.clone());
+    let t0 = Instant::now();
+    let (claims, samples, returned_at) = tokio::join!(
+        downstream::load(apis, plan, t0),
+        downstream::sample(env, svc, t0, plan.total_s()),
+        async {
+            tokio::time::sleep_until((t0 + Duration::from_secs(plan.before_s)).into()).await;
+            downstream::delete_payouts_topic(env).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tap_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let back = t0 + Duration::from_secs(plan.before_s + plan.outage_s);
+            tokio::time::sleep_until(back.into()).await;
+            let returned_at: chrono::DateTime<chrono::Utc> =
+                sqlx::query_scalar("SELECT now()").fetch_one(&env.pool).await.unwrap();
+            downstream::create_payouts_topic(env).await;
+            returned_at
+        },
+    );
+    DownstreamRun {
+        claims,
+        samples,
+        before_deletion: tap.join().unwrap(),
+        returned_at,
+    }
+}
+
+/// Every claim answered 201, or 202 and then completed as 201 (its key's
+/// stored answer), has exactly one payout (by its key); every other claim
+/// none (a 202 may complete as 422 when the account's previous claim, held
+/// up, took the same second); nothing is paid without a 201/202.
+async fn audit_keys(env: &Env, claims: &[downstream::Claim]) -> (usize, usize) {
+    env.wait_count("SELECT count(*) FROM claims WHERE state = 'accepted'", 0)
+        .await;
+    let rows = sqlx::query(
+        "SELECT k.idempotency_key, k.status::int4, count(p.payout_id)
+           FROM idempotency_keys k LEFT JOIN interest_payouts p USING (idempotency_key)
+          GROUP BY 1, 2",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let keys: HashMap<String, (Option<i32>, i64)> = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
+    let answered = |c: &downstream::Claim| keys.get(&c.key).copied().unwrap_or((None, 0));
+    let accepted = |c: &&downstream::Claim| matches!(c.outcome.status, 201 | 202);
+    let lost = claims
+        .iter()
+        .filter(accepted)
+        .filter(|c| (c.outcome.status == 201 || answered(c).0 == Some(201)) && answered(c).1 == 0)
+        .count();
+    let doubled = keys.values().filter(|(_, n)| *n > 1).count();
+    let unpaid_answer_paid = claims.iter().filter(|c| !accepted(c) && answered(c).1 > 0).count();
+    let paid: i64 = keys.values().map(|(_, n)| n).sum();
+    assert_eq!(paid, env.payout_count().await, "every payout has its claim's key");
+    assert_eq!(
+        (lost, doubled, unpaid_answer_paid),
+        (0, 0, 0),
+        "lost, paid twice, paid though answered otherwise"
+    );
+    env.wait_count("SELECT count(*) FROM payout_outbox WHERE published_at IS NULL", 0)
+        .await;
+    (lost, doubled)
+}
+
+/// Reads the topic that came back until every payout is accounted for, and
+/// checks both reads against the database.
+async fn downstream_topic_audit(env: &Env, run: &DownstreamRun) -> downstream::TopicAudit {
+    let paid = downstream::paid(env, run.returned_at).await;
+    let seen_before: std::collections::HashSet<String> = run.before_deletion.iter().map(|c| c.payout_id()).collect();
+    let wanted: std::collections::HashSet<String> = paid
+        .iter()
+        .filter(|p| !seen_before.contains(&p.payout_id) && !p.published_before_return)
+        .map(|p| p.payout_id.clone())
+        .collect();
+    let (brokers, topic) = (env.brokers.clone(), env.topic("interest-payouts"));
+    let after = tokio::task::spawn_blocking(move || {
+        downstream::tap(&brokers, &topic, Duration::from_secs(60), |copies| {
+            let ids: std::collections::HashSet<String> = copies.iter().map(|c| c.payout_id()).collect();
+            wanted.iter().all(|id| ids.contains(id))
+        })
+    })
+    .await
+    .unwrap();
+    let all: Vec<downstream::Copy> = run.before_deletion.iter().chain(&after).cloned().collect();
+    downstream::audit_topic(&all, &paid)
+}
+
+/// The chart's alert on the outbox (helm/interest-now): its threshold, after
+/// checking that the rule compares the same gauge with it.
+fn outbox_alert_threshold() -> i64 {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/interest-now");
+    let rule = std::fs::read_to_string(chart.join("templates/prometheusrule.yaml")).unwrap();
+    assert!(
+        rule.contains("expr: max(outbox_pending{") && rule.contains("> {{ $t.outboxPending }}"),
+        "the alert InterestNowOutboxPending no longer reads `max(outbox_pending) > threshold`"
+    );
+    let values = std::fs::read_to_string(chart.join("values.yaml")).unwrap();
+    let thresholds = values.split_once("  thresholds:").unwrap().1;
+    thresholds
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("outboxPending:")?.trim().parse().ok())
+        .expect("prometheusRule.thresholds.outboxPending in values.yaml")
+}
+
+/// Per phase (before, topic gone, after): claims answered per second, p99 and
+/// max wait of the claims started in it, final answers other than 201/202.
+fn phase_figures(plan: downstream::Plan, claims: &[downstream::Claim]) -> Vec<serde_json::Value> {
+    let lengths = [plan.before_s, plan.outage_s, plan.after_s];
+    (0..3)
+        .map(|phase| {
+            let started: Vec<&downstream::Claim> = claims
+                .iter()
+                .filter(|c| plan.phase(c.started.as_secs()) == phase)
+                .collect();
+            let answered: Vec<&downstream::Claim> = claims
+                .iter()
+                .filter(|c| c.done_s() < plan.total_s() && plan.phase(c.done_s()) == phase)
+                .collect();
+            let paid_at_once = answered.iter().filter(|c| c.outcome.status == 201).count();
+            let mut waits: Vec<u128> = started.iter().map(|c| c.outcome.waited.as_millis()).collect();
+            waits.sort_unstable();
+            serde_json::json!({
+                "answered_per_s": answered.len() as f64 / lengths[phase] as f64,
+                "answered_201_per_s": paid_at_once as f64 / lengths[phase] as f64,
+                "wait_ms_p99": percentile(&waits, 99),
+                "wait_ms_max": waits.last(),
+                "errors": started.iter().filter(|c| !matches!(c.outcome.status, 201 | 202)).count(),
+                "answered_202": started.iter().filter(|c| c.outcome.status == 202).count(),
+                "needed_a_retry": started.iter().filter(|c| c.outcome.attempts > 1).count(),
+            })
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[u128], p: usize) -> u128 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+fn downstream_figures(
+    plan: downstream::Plan,
+    run: &DownstreamRun,
+    (lost, doubled): (usize, usize),
+    topic: &downstream::TopicAudit,
+    drained_s: f64,
+) -> serde_json::Value {
+    let [before, gone, after] = <[serde_json::Value; 3]>::try_from(phase_figures(plan, &run.claims)).unwrap();
+    let threshold = outbox_alert_threshold();
+    let metric_max = run.samples.iter().map(|s| s.metric).max().unwrap_or(0);
+    serde_json::json!({
+        "drill": "downstream",
+        "rate_per_s": plan.rate_per_s,
+        "outage_s": plan.outage_s,
+        "claims": run.claims.len(),
+        "before": before,
+        "topic_gone": gone,
+        "after": after,
+        "outbox_pending_max_metric": metric_max,
+        "outbox_pending_max_table": run.samples.iter().map(|s| s.table).max().unwrap_or(0),
+        "alert_threshold": threshold,
+        "alert_condition_met": metric_max > threshold,
+        "drained_s_after_return": drained_s,
+        "topic_copies": topic.copies,
+        "duplicates_byte_identical": topic.duplicates,
+        "lost_with_deleted_topic": topic.on_the_deleted_topic_only,
+        "accounts_in_order": topic.accounts_in_order,
+        "lost": lost,
+        "doubled": doubled,
+    })
+}
+
+/// The timeline per second: answers, p99 wait of the answers, errors, outbox pending.
+fn downstream_timeline(plan: downstream::Plan, run: &DownstreamRun) -> String {
+    let seconds = run
+        .samples
+        .last()
+        .map_or(plan.total_s(), |s| s.second + 1)
+        .max(plan.total_s()) as usize;
+    let mut answered = vec![0.0; seconds];
+    let mut errors = vec![0.0; seconds];
+    let mut waits: Vec<Vec<u128>> = vec![Vec::new(); seconds];
+    for c in &run.claims {
+        let s = (c.done_s() as usize).min(seconds - 1);
+        answered[s] += 1.0;
+        waits[s].push(c.outcome.waited.as_millis());
+        if !matches!(c.outcome.status, 201 | 202) {
+            errors[s] += 1.0;
+        }
+    }
+    let p99: Vec<f64> = waits
+        .iter_mut()
+        .map(|w| {
+            w.sort_unstable();
+            percentile(w, 99) as f64
+        })
+        .collect();
+    let mut pending = vec![0.0; seconds];
+    for s in &run.samples {
+        pending[(s.second as usize).min(seconds - 1)] = s.metric.max(0) as f64;
+    }
+    let series = |title: &str, values: Vec<f64>| timeline::Series {
+        title: title.to_owned(),
+        values,
+    };
+    let fault = (plan.before_s as f64, (plan.before_s + plan.outage_s) as f64);
+    timeline::svg(
+        &format!(
+            "downstream isolation: interest-payouts gone for {} s (shaded)",
+            plan.outage_s
+        ),
+        seconds,
+        fault,
+        &[
+            series("claims answered per second", answered),
+            series("p99 wait of the answers, ms", p99),
+            series("errors (final answers other than 201/202)", errors),
+            series("outbox_pending (/metrics)", pending),
+        ],
+    )
 }
