@@ -120,7 +120,7 @@ pub async fn aged(o: AgedOptions) -> anyhow::Result<Value> {
     let fresh: Vec<String> = groups.iter().flat_map(|g| g.twins.clone()).collect();
     let created_us = probe::apply_us(
         &stack,
-        snapshots(&fresh, &HashMap::new(), cal.now - chrono::Duration::days(2)),
+        snapshots(&fresh, &HashMap::new(), cal.now - chrono::Duration::days(2), 1),
     )
     .await?;
     eprintln!(
@@ -139,10 +139,10 @@ pub async fn aged(o: AgedOptions) -> anyhow::Result<Value> {
 /// Every measurement, in order: warm-up, in-order and late snapshots, GET,
 /// claims, close-day, sizes, maintain, sizes.
 async fn measure(stack: &mut Stack, o: &AgedOptions, cal: &Calendar, groups: &[Group]) -> anyhow::Result<Value> {
-    let warm = snapshot_rounds(stack, groups, cal.eve + chrono::Duration::seconds(60), false).await?;
+    let warm = snapshot_rounds(stack, groups, cal.eve + chrono::Duration::seconds(60), Round::First).await?;
     eprintln!("bench aged: checkpoints moved by one in-order snapshot per account: {warm}");
-    let in_order = snapshot_rounds(stack, groups, cal.eve + chrono::Duration::seconds(120), false).await?;
-    let late = snapshot_rounds(stack, groups, cal.now - chrono::Duration::days(1), true).await?;
+    let in_order = snapshot_rounds(stack, groups, cal.eve + chrono::Duration::seconds(120), Round::InOrder).await?;
+    let late = snapshot_rounds(stack, groups, cal.now - chrono::Duration::days(1), Round::Late).await?;
     eprintln!("bench aged: snapshot apply µs: in order {in_order}, late {late}");
     let (get, claim) = http_rounds(stack, o, groups).await?;
     let close = close_days(stack, cal)?;
@@ -228,26 +228,29 @@ async fn write_past(stack: &Stack, o: &AgedOptions, cal: &Calendar) -> anyhow::R
     Ok((rows, t.elapsed().as_secs_f64()))
 }
 
-/// One snapshot per account: seq = last + 2 (in order, at `as_of`) or, with
-/// `late`, the odd seq after the point in force at `as_of`, just after it.
+/// `per_account` snapshots per account of `ids`, from its (seq, as_of) in
+/// `seqs` (default: seq 2 at `as_of`), each next one 2 seqs and 1 s later.
 fn snapshots(
     ids: &[String],
     seqs: &HashMap<String, (i64, DateTime<Utc>)>,
     as_of: DateTime<Utc>,
+    per_account: usize,
 ) -> Vec<(String, String)> {
-    ids.iter()
-        .enumerate()
-        .map(|(i, id)| {
+    let mut out = Vec::with_capacity(ids.len() * per_account);
+    for j in 0..per_account as i64 {
+        for (i, id) in ids.iter().enumerate() {
             let (seq, at) = seqs.get(id).copied().unwrap_or((2, as_of));
-            let balance = 100_000_000 + (i as i64 * 7_919) % 900_000_000 + 12_345;
+            let balance = 100_000_000 + (i as i64 * 7_919) % 900_000_000 + 12_345 + j;
             let json = format!(
-                r#"{{"account_id":"{id}","seq":{seq},"balance":"{balance}","currency":"KRW","as_of":"{}","plan":"{}"}}"#,
-                format_instant(at),
+                r#"{{"account_id":"{id}","seq":{},"balance":"{balance}","currency":"KRW","as_of":"{}","plan":"{}"}}"#,
+                seq + 2 * j,
+                format_instant(at + chrono::Duration::seconds(j)),
                 history::PLAN
             );
-            (id.clone(), json)
-        })
-        .collect()
+            out.push((id.clone(), json));
+        }
+    }
+    out
 }
 
 /// Per account of `ids`: the (seq, as_of) of its next in-order snapshot at
@@ -263,7 +266,9 @@ async fn next_seqs(
          JOIN LATERAL (SELECT account_id, seq, as_of FROM balance_points b WHERE b.account_id = t.id AND b.as_of < $2
                        ORDER BY as_of DESC LIMIT 1) p ON true"
     } else {
-        "SELECT account_id, last_seq + 2, $2 FROM accounts WHERE account_id = ANY($1)"
+        "SELECT a.account_id, a.last_seq + 2,
+                greatest($2, (SELECT max(as_of) FROM balance_points b WHERE b.account_id = a.account_id) + interval '1 second')
+         FROM accounts a WHERE a.account_id = ANY($1)"
     };
     let rows: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(sql)
         .bind(ids)
@@ -273,20 +278,40 @@ async fn next_seqs(
     Ok(rows.into_iter().map(|(id, seq, at)| (id, (seq, at))).collect())
 }
 
-/// For each group and then its twins: one snapshot per account, timed
-/// until applied (µs per snapshot). `{group: µs, group_fresh: µs}`.
-async fn snapshot_rounds(stack: &Stack, groups: &[Group], as_of: DateTime<Utc>, late: bool) -> anyhow::Result<Value> {
+/// A round of snapshots: the first after the SQL-written past (one per
+/// account: it moves the checkpoint), in order, or late.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Round {
+    First,
+    InOrder,
+    Late,
+}
+
+/// Snapshots per round at least (in order): a small group sends several per
+/// account, so the pipeline's fixed latency (batching, polling) is shared.
+const ROUND_SNAPSHOTS_MIN: usize = 1_000;
+
+/// For each group and then its twins: snapshots timed until applied (µs per
+/// snapshot). In order: ⌈`ROUND_SNAPSHOTS_MIN` / accounts⌉ per account (the
+/// same for the twins); late: one per account (one free seq each).
+/// `{group: µs, group_fresh: µs}`.
+async fn snapshot_rounds(stack: &Stack, groups: &[Group], as_of: DateTime<Utc>, round: Round) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
     for g in groups.iter().filter(|g| !g.ids.is_empty()) {
+        let per_account = match round {
+            Round::InOrder => ROUND_SNAPSHOTS_MIN.div_ceil(g.ids.len()),
+            Round::First | Round::Late => 1,
+        };
         for (key, ids) in [(g.name.to_owned(), &g.ids), (format!("{}_fresh", g.name), &g.twins)] {
-            let seqs = next_seqs(stack, ids, as_of, late).await?;
+            let seqs = next_seqs(stack, ids, as_of, round == Round::Late).await?;
             anyhow::ensure!(
                 seqs.len() == ids.len(),
                 "{key}: {} of {} accounts found",
                 seqs.len(),
                 ids.len()
             );
-            out.insert(key, json!(probe::apply_us(stack, snapshots(ids, &seqs, as_of)).await?));
+            let sent = snapshots(ids, &seqs, as_of, per_account);
+            out.insert(key, json!(probe::apply_us(stack, sent).await?));
         }
     }
     Ok(Value::Object(out))

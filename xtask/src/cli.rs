@@ -87,7 +87,7 @@ pub enum BenchCommand {
 #[derive(Debug, clap::Args)]
 pub struct AgedArgs {
     /// Aged accounts: a past of --days with --changes-per-day, a claim every day.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 1_000)]
     pub accounts: usize,
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(4..=3_650))]
     pub days: u64,

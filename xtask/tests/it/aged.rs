@@ -36,11 +36,11 @@ fn a_small_aged_run_measures_aged_and_fresh_accounts_side_by_side() {
     }
     // The last day chains from the previous day's row (the incremental close), for every account that existed.
     assert_eq!(close["last_day_rows_from_previous_row"], 125, "{r}");
-    // A month of 5 changes a day is ~150 points; busy accounts add 200 a day for 8 days; fresh ones have a few.
+    // A month of 5 changes a day is ~150 points; busy accounts add 200 a day for 8 days; fresh ones what the measured rounds sent.
     let points = &r["per_account"]["balance_points"];
     assert!(points["aged"].as_f64() > Some(140.0), "{r}");
     assert!(points["busy"].as_f64() > Some(1_500.0), "{r}");
-    assert!(points["fresh"].as_f64() < Some(10.0), "{r}");
+    assert!(points["fresh"].as_f64() < Some(60.0), "{r}");
     let before = &r["per_account"]["before_maintain"];
     assert_eq!(before["accounts"], 250, "{r}");
     positive(&before["bytes_per_account"], "bytes per account");
