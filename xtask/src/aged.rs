@@ -39,6 +39,8 @@ pub struct AgedOptions {
     pub workers: usize,
     pub partitions: i32,
     pub shared_broker: bool,
+    /// Keep the database at the end (to explore it).
+    pub keep_db: bool,
 }
 
 /// An aged group (id prefix, count) and its fresh twins.
@@ -132,7 +134,10 @@ pub async fn aged(o: AgedOptions) -> anyhow::Result<Value> {
         "fresh_create_us_per_snapshot": created_us});
     line["options"] = options_json(&o, &cal);
     line["elapsed_s"] = json!(round1(started.elapsed().as_secs_f64()));
-    stack.teardown(false).await;
+    if o.keep_db {
+        eprintln!("bench aged: database kept: {}", stack.env.db_url);
+    }
+    stack.teardown(o.keep_db).await;
     Ok(line)
 }
 
@@ -148,28 +153,25 @@ async fn measure(stack: &mut Stack, o: &AgedOptions, cal: &Calendar, groups: &[G
     let close = close_days(stack, cal)?;
     eprintln!("bench aged: close-day {close}");
     let before = probe::sizes(stack).await?;
+    let rows_before = rows_by_group(stack).await?;
     let (maintain_ms, maintain_note) = maintain(stack)?;
     let after = if maintain_ms.is_some() {
         probe::sizes(stack).await?
     } else {
         Value::Null
     };
-    let mut points = serde_json::Map::new();
-    for (name, prefix) in [
-        ("aged", "aged-"),
-        ("busy", "busy-"),
-        ("never_paid", "never-"),
-        ("fresh", "fresh-"),
-    ] {
-        points.insert(name.into(), json!(probe::points_per_account(stack, prefix).await?));
-    }
+    let rows_after = match maintain_ms {
+        Some(_) => rows_by_group(stack).await?,
+        None => Value::Null,
+    };
     let ratios = ratios(&claim, &get, &in_order, &close);
     Ok(json!({
         "claim_ms": claim, "get_interest_ms": get,
         "snapshot_apply_us": {"first_after_sql_history": warm, "in_order": in_order, "late": late},
         "close_day_ms": close,
         "maintain_ms": maintain_ms, "maintain": maintain_note,
-        "per_account": {"before_maintain": before, "after_maintain": after, "balance_points": points},
+        "per_account": {"before_maintain": before, "after_maintain": after,
+            "rows_by_group_before_maintain": rows_before, "rows_by_group_after_maintain": rows_after},
         "ratios": ratios,
         "written_by_sql": ["balance_points (aged, busy, never_paid)", "interest_payouts with tax_profile",
             "claims", "idempotency_keys", "payout_outbox (published)", "accounts (checkpoint at paid_through)",
@@ -391,6 +393,20 @@ fn maintain(stack: &Stack) -> anyhow::Result<(Option<u64>, String)> {
     }
     let (ms, _) = probe::timed(stack, &["maintain"])?;
     Ok((Some(ms), "ran once".into()))
+}
+
+/// Rows per account of each group, per table (`probe::rows_per_account`).
+async fn rows_by_group(stack: &Stack) -> anyhow::Result<Value> {
+    let mut out = serde_json::Map::new();
+    for (name, prefix) in [
+        ("aged", "aged-"),
+        ("busy", "busy-"),
+        ("never_paid", "never-"),
+        ("fresh", "fresh-"),
+    ] {
+        out.insert(name.into(), probe::rows_per_account(stack, prefix).await?);
+    }
+    Ok(Value::Object(out))
 }
 
 fn round1(x: f64) -> f64 {

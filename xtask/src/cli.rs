@@ -116,6 +116,9 @@ pub struct AgedArgs {
     /// Use the broker at KAFKA_BROKERS instead of a fresh private one.
     #[arg(long)]
     pub shared_broker: bool,
+    /// Keep the run's database at the end (its URL on stderr).
+    #[arg(long)]
+    pub keep_db: bool,
 }
 
 impl AgedArgs {
@@ -136,6 +139,7 @@ impl AgedArgs {
             workers: self.workers,
             partitions: if small { 4 } else { self.partitions },
             shared_broker: self.shared_broker,
+            keep_db: self.keep_db,
         }
     }
 }

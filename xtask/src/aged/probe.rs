@@ -171,14 +171,31 @@ pub async fn sizes(stack: &Stack) -> anyhow::Result<Value> {
     }))
 }
 
-/// Balance points per account of each group (by id prefix).
-pub async fn points_per_account(stack: &Stack, prefix: &str) -> anyhow::Result<f64> {
-    let (points, accounts): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM balance_points WHERE account_id LIKE $1 || '%'),
-                (SELECT count(*) FROM accounts WHERE account_id LIKE $1 || '%')",
-    )
-    .bind(prefix)
-    .fetch_one(stack.pool())
-    .await?;
-    Ok((points as f64 / accounts.max(1) as f64 * 10.0).round() / 10.0)
+/// Rows per account of a group (by id prefix) in each per-account table
+/// that has an `account_id`, and their sum.
+pub async fn rows_per_account(stack: &Stack, prefix: &str) -> anyhow::Result<Value> {
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts WHERE account_id LIKE $1 || '%'")
+        .bind(prefix)
+        .fetch_one(stack.pool())
+        .await?;
+    let mut out = serde_json::Map::new();
+    let mut total = 0_i64;
+    for t in TABLES.iter().filter(|t| **t != "dead_letters") {
+        // The outbox keys its rows by the account id (the Kafka key).
+        let column = if *t == "payout_outbox" {
+            "message_key"
+        } else {
+            "account_id"
+        };
+        let sql = format!("SELECT count(*) FROM {t} WHERE {column} LIKE $1 || '%'");
+        let rows: i64 = sqlx::query_scalar(&sql).bind(prefix).fetch_one(stack.pool()).await?;
+        total += rows;
+        out.insert((*t).to_owned(), json!(per(rows, accounts)));
+    }
+    out.insert("total".into(), json!(per(total, accounts)));
+    Ok(Value::Object(out))
+}
+
+fn per(x: i64, accounts: i64) -> f64 {
+    (x as f64 / accounts.max(1) as f64 * 10.0).round() / 10.0
 }

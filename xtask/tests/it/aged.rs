@@ -37,10 +37,15 @@ fn a_small_aged_run_measures_aged_and_fresh_accounts_side_by_side() {
     // The last day chains from the previous day's row (the incremental close), for every account that existed.
     assert_eq!(close["last_day_rows_from_previous_row"], 125, "{r}");
     // A month of 5 changes a day is ~150 points; busy accounts add 200 a day for 8 days; fresh ones what the measured rounds sent.
-    let points = &r["per_account"]["balance_points"];
-    assert!(points["aged"].as_f64() > Some(140.0), "{r}");
-    assert!(points["busy"].as_f64() > Some(1_500.0), "{r}");
-    assert!(points["fresh"].as_f64() < Some(60.0), "{r}");
+    let rows = &r["per_account"]["rows_by_group_before_maintain"];
+    assert!(rows["aged"]["balance_points"].as_f64() > Some(140.0), "{r}");
+    assert!(rows["busy"]["balance_points"].as_f64() > Some(1_500.0), "{r}");
+    assert!(rows["fresh"]["balance_points"].as_f64() < Some(60.0), "{r}");
+    // A claim a day for a month (and the one of this run), with its claim, key and outbox rows.
+    for table in ["interest_payouts", "claims", "idempotency_keys", "payout_outbox"] {
+        assert!(rows["aged"][table].as_f64() > Some(25.0), "{table}: {r}");
+    }
+    assert!(rows["fresh"]["interest_payouts"].as_f64() <= Some(1.0), "{r}");
     let before = &r["per_account"]["before_maintain"];
     assert_eq!(before["accounts"], 250, "{r}");
     positive(&before["bytes_per_account"], "bytes per account");
