@@ -97,8 +97,8 @@ fn calendar(now: DateTime<Utc>, days: u64) -> Calendar {
 
 pub async fn aged(o: AgedOptions) -> anyhow::Result<Value> {
     anyhow::ensure!(
-        o.days >= 4,
-        "--days must be at least 4 (closes day 1, and the last two days)"
+        o.days >= 5,
+        "--days must be at least 5 (closes days 1 and 2, and the last two days)"
     );
     let started = Instant::now();
     let (_broker, brokers) = crate::bench::broker_for(o.shared_broker, &o.brokers).await?;
@@ -175,10 +175,10 @@ async fn measure(stack: &mut Stack, o: &AgedOptions, cal: &Calendar, groups: &[G
         "ratios": ratios,
         "written_by_sql": ["balance_points (aged, busy, never_paid)", "interest_payouts with tax_profile",
             "claims", "idempotency_keys", "payout_outbox (published)", "accounts (checkpoint at paid_through)",
-            "daily_accruals and day_closes of the days between day 1 and the last two (filler)"],
+            "daily_accruals and day_closes of the days between day 2 and the last two (filler)"],
         "through_the_real_pipeline": ["fresh accounts (snapshots from the broker)",
             "every checkpoint's first move (one in-order snapshot per account)", "measured snapshots",
-            "GET and claims (HTTP to the API process)", "close-day of day 1, the day before the last (--full) and the last",
+            "GET and claims (HTTP to the API process)", "close-day of days 1 and 2, the day before the last (--full) and the last",
             "maintain"],
     }))
 }
@@ -220,7 +220,7 @@ async fn write_past(stack: &Stack, o: &AgedOptions, cal: &Calendar) -> anyhow::R
         rows += history::accounts(pool, prefix, paid).await?;
     }
     rows += history::accounts(pool, "never-", None).await?;
-    rows += history::journal_filler(pool, plus(cal.first, 1), cal.last - chrono::Days::new(2)).await?;
+    rows += history::journal_filler(pool, plus(cal.first, 2), cal.last - chrono::Days::new(2)).await?;
     // As a production database would be: statistics current.
     sqlx::query("VACUUM ANALYZE").execute(pool).await?;
     eprintln!(
@@ -358,27 +358,32 @@ fn by_group(groups: &[Group], samples: Vec<(String, Duration)>) -> Value {
     Value::Object(out)
 }
 
-/// close-day of day 1 (no previous row: computed from its one day of
-/// history), of the day before the last with --full (the whole year: the
-/// chain's start, and what the incremental close saves), and of the last
-/// day (incremental, from the previous row). Milliseconds, with the dates.
-fn close_days(stack: &Stack, cal: &Calendar) -> anyhow::Result<Value> {
-    let (first, before_last, last) = (
-        cal.first.to_string(),
-        (cal.last - chrono::Days::new(1)).to_string(),
-        cal.last.to_string(),
-    );
-    let (first_ms, _) = probe::timed(stack, &["close-day", "--date", &first])?;
-    let (full_ms, _) = probe::timed(stack, &["close-day", "--date", &before_last, "--full"])?;
-    let (last_ms, out) = probe::timed(stack, &["close-day", "--date", &last])?;
-    let chained = out
-        .lines()
+/// "N" of close-day's "computed: N from the previous day's row".
+fn from_previous_row(out: &str) -> Option<u64> {
+    out.lines()
         .find(|l| l.contains("computed:"))
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse::<u64>().ok());
+        .and_then(|n| n.parse::<u64>().ok())
+}
+
+/// close-day of day 1 (no previous row: computed from its one day of
+/// history, no payouts), of day 2 (from day 1's row, one payout per paid
+/// account: the same shape as the last day), of the day before the last
+/// with --full (the whole year: the chain's start, and what the incremental
+/// close saves), and of the last day (from the previous row).
+/// Milliseconds, with the dates.
+fn close_days(stack: &Stack, cal: &Calendar) -> anyhow::Result<Value> {
+    let day = |d: NaiveDate| d.to_string();
+    let (first, second) = (day(cal.first), day(plus(cal.first, 1)));
+    let (before_last, last) = (day(cal.last - chrono::Days::new(1)), day(cal.last));
+    let (first_ms, _) = probe::timed(stack, &["close-day", "--date", &first])?;
+    let (second_ms, _) = probe::timed(stack, &["close-day", "--date", &second])?;
+    let (full_ms, _) = probe::timed(stack, &["close-day", "--date", &before_last, "--full"])?;
+    let (last_ms, out) = probe::timed(stack, &["close-day", "--date", &last])?;
     Ok(json!({
         "first_day": first_ms, "first_date": first,
-        "last_day": last_ms, "last_date": last, "last_day_rows_from_previous_row": chained,
+        "second_day": second_ms, "second_date": second,
+        "last_day": last_ms, "last_date": last, "last_day_rows_from_previous_row": from_previous_row(&out),
         "day_before_last_full": full_ms,
     }))
 }
@@ -438,6 +443,10 @@ fn ratios(claim: &Value, get: &Value, in_order: &Value, close: &Value) -> Value 
     out.insert(
         "close_day_last_vs_first".into(),
         ratio(&close["last_day"], &close["first_day"]),
+    );
+    out.insert(
+        "close_day_last_vs_second".into(),
+        ratio(&close["last_day"], &close["second_day"]),
     );
     Value::Object(out)
 }

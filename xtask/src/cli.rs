@@ -89,7 +89,7 @@ pub struct AgedArgs {
     /// Aged accounts: a past of --days with --changes-per-day, a claim every day.
     #[arg(long, default_value_t = 1_000)]
     pub accounts: usize,
-    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(4..=3_650))]
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(5..=3_650))]
     pub days: u64,
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=86_400))]
     pub changes_per_day: i64,

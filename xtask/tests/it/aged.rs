@@ -31,7 +31,8 @@ fn a_small_aged_run_measures_aged_and_fresh_accounts_side_by_side() {
     }
     positive(&r["ratios"]["close_day_last_vs_first"], "close-day ratio");
     let close = &r["close_day_ms"];
-    for day in ["first_day", "last_day", "day_before_last_full"] {
+    positive(&r["ratios"]["close_day_last_vs_second"], "close-day ratio");
+    for day in ["first_day", "second_day", "last_day", "day_before_last_full"] {
         positive(&close[day], day);
     }
     // The last day chains from the previous day's row (the incremental close), for every account that existed.
