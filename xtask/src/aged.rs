@@ -150,7 +150,7 @@ async fn measure(stack: &mut Stack, o: &AgedOptions, cal: &Calendar, groups: &[G
     let late = snapshot_rounds(stack, groups, cal.now - chrono::Duration::days(1), Round::Late).await?;
     eprintln!("bench aged: snapshot apply µs: in order {in_order}, late {late}");
     let (get, claim) = http_rounds(stack, o, groups).await?;
-    let close = close_days(stack, cal)?;
+    let close = close_days(stack, cal).await?;
     eprintln!("bench aged: close-day {close}");
     let before = probe::sizes(stack).await?;
     let rows_before = rows_by_group(stack).await?;
@@ -372,7 +372,7 @@ fn from_previous_row(out: &str) -> Option<u64> {
 /// with --full (the whole year: the chain's start, and what the incremental
 /// close saves), and of the last day (from the previous row).
 /// Milliseconds, with the dates.
-fn close_days(stack: &Stack, cal: &Calendar) -> anyhow::Result<Value> {
+async fn close_days(stack: &Stack, cal: &Calendar) -> anyhow::Result<Value> {
     let day = |d: NaiveDate| d.to_string();
     let (first, second) = (day(cal.first), day(plus(cal.first, 1)));
     let (before_last, last) = (day(cal.last - chrono::Days::new(1)), day(cal.last));
@@ -385,7 +385,25 @@ fn close_days(stack: &Stack, cal: &Calendar) -> anyhow::Result<Value> {
         "second_day": second_ms, "second_date": second,
         "last_day": last_ms, "last_date": last, "last_day_rows_from_previous_row": from_previous_row(&out),
         "day_before_last_full": full_ms,
+        "activity": {"first_day": day_activity(stack, cal.first).await?,
+            "second_day": day_activity(stack, plus(cal.first, 1)).await?,
+            "last_day": day_activity(stack, cal.last).await?},
     }))
+}
+
+/// What close-day of `date` reads besides the accounts and the previous rows:
+/// the points received and the payouts accepted during the day.
+async fn day_activity(stack: &Stack, date: NaiveDate) -> anyhow::Result<Value> {
+    let (t0, t) = (start_of(date), start_of(plus(date, 1)));
+    let (points, payouts): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM balance_points WHERE received_at >= $1 AND received_at < $2),
+                (SELECT count(*) FROM interest_payouts WHERE accepted_at >= $1 AND accepted_at < $2)",
+    )
+    .bind(t0)
+    .bind(t)
+    .fetch_one(stack.pool())
+    .await?;
+    Ok(json!({"points": points, "payouts": payouts}))
 }
 
 /// `interest-now maintain`, timed, when the binary has it.
