@@ -112,32 +112,37 @@ pub async fn aged(o: AgedOptions) -> anyhow::Result<Value> {
     .await?;
     // The processes run on the run's clock (CLOCK_OFFSET_SECONDS, e.g. the test suite's).
     stack.env.offset_secs = (run_clock_now()? - Utc::now()).num_seconds();
+    // Stopped and dropped whatever happened (a failed run leaves nothing behind).
+    let result = run_on(&mut stack, &o).await;
+    if o.keep_db {
+        eprintln!("bench aged: database kept: {}", stack.env.db_url);
+    }
+    stack.teardown(o.keep_db).await;
+    let mut line = result?;
+    line["elapsed_s"] = json!(round1(started.elapsed().as_secs_f64()));
+    Ok(line)
+}
+
+/// The run on a created stack: the past, the processes, the fresh accounts, the measurements.
+async fn run_on(stack: &mut Stack, o: &AgedOptions) -> anyhow::Result<Value> {
     let cal = calendar(stack.service_now(), o.days);
-    let groups = groups(&o);
-    let (written, write_s) = write_past(&stack, &o, &cal).await?;
+    let groups = groups(o);
+    let (written, write_s) = write_past(stack, o, &cal).await?;
     for _ in 0..o.workers {
         stack.spawn("worker", &[]).await?;
     }
     stack.spawn("api", &[]).await?;
     let fresh: Vec<String> = groups.iter().flat_map(|g| g.twins.clone()).collect();
-    let created_us = probe::apply_us(
-        &stack,
-        snapshots(&fresh, &HashMap::new(), cal.now - chrono::Duration::days(2), 1),
-    )
-    .await?;
+    let two_days_ago = cal.now - chrono::Duration::days(2);
+    let created_us = probe::apply_us(stack, snapshots(&fresh, &HashMap::new(), two_days_ago, 1)).await?;
     eprintln!(
         "bench aged: {} fresh accounts created through the pipeline",
         fresh.len()
     );
-    let mut line = measure(&mut stack, &o, &cal, &groups).await?;
+    let mut line = measure(stack, o, &cal, &groups).await?;
     line["history"] = json!({"rows_written_by_sql": written, "write_s": round1(write_s),
         "fresh_create_us_per_snapshot": created_us});
-    line["options"] = options_json(&o, &cal);
-    line["elapsed_s"] = json!(round1(started.elapsed().as_secs_f64()));
-    if o.keep_db {
-        eprintln!("bench aged: database kept: {}", stack.env.db_url);
-    }
-    stack.teardown(o.keep_db).await;
+    line["options"] = options_json(o, &cal);
     Ok(line)
 }
 
