@@ -63,7 +63,7 @@ async fn load(stack: &Stack, n: usize, as_of: &str) -> anyhow::Result<f64> {
 }
 
 /// The broker a run uses: its own (default) or the shared one.
-async fn broker_for(shared: bool, brokers: &str) -> anyhow::Result<(Option<PrivateBroker>, String)> {
+pub(crate) async fn broker_for(shared: bool, brokers: &str) -> anyhow::Result<(Option<PrivateBroker>, String)> {
     if shared {
         return Ok((None, brokers.to_owned()));
     }

@@ -1,4 +1,4 @@
-//! The dev tool's command line: `xtask demo`, `xtask bench spike|ingest`.
+//! The dev tool's command line: `xtask demo`, `xtask bench spike|ingest|aged`.
 //! Bad arguments print one line and exit 2, like the product's.
 
 use clap::{Parser, Subcommand};
@@ -65,6 +65,8 @@ pub enum BenchCommand {
         #[arg(long)]
         shared_broker: bool,
     },
+    /// Aged accounts (a past written with SQL) against fresh ones, in one run.
+    Aged(AgedArgs),
     /// Snapshot ingest: snapshots per second applied by 1..=N workers.
     Ingest {
         #[arg(long, default_value_t = 200_000)]
@@ -79,4 +81,65 @@ pub enum BenchCommand {
         #[arg(long)]
         shared_broker: bool,
     },
+}
+
+/// `bench aged`: sizes of the SQL-written past and of the samples.
+#[derive(Debug, clap::Args)]
+pub struct AgedArgs {
+    /// Aged accounts: a past of --days with --changes-per-day, a claim every day.
+    #[arg(long, default_value_t = 1_000)]
+    pub accounts: usize,
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(5..=3_650))]
+    pub days: u64,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=86_400))]
+    pub changes_per_day: i64,
+    /// Busy accounts: --busy-changes a day during the last --busy-days (before: --changes-per-day).
+    #[arg(long, default_value_t = 20)]
+    pub busy: usize,
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(i64).range(1..=86_400))]
+    pub busy_changes: i64,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..=30))]
+    pub busy_days: i64,
+    /// Accounts never paid: --days of history, paid through their first point.
+    #[arg(long, default_value_t = 200)]
+    pub never_paid: usize,
+    /// Accounts per group (and as many fresh twins) whose GET and claim are timed.
+    #[arg(long, default_value_t = 500)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, default_value_t = 12)]
+    pub partitions: i32,
+    /// CI size: 100 aged, 30 days, 5 busy with 200 a day, 20 never paid, 50 samples (overrides the sizes).
+    #[arg(long)]
+    pub small: bool,
+    /// Use the broker at KAFKA_BROKERS instead of a fresh private one.
+    #[arg(long)]
+    pub shared_broker: bool,
+    /// Keep the run's database at the end (its URL on stderr).
+    #[arg(long)]
+    pub keep_db: bool,
+}
+
+impl AgedArgs {
+    pub fn options(self, admin_db_url: String, brokers: String) -> crate::aged::AgedOptions {
+        let small = self.small;
+        let pick = |big: usize, little: usize| if small { little } else { big };
+        crate::aged::AgedOptions {
+            admin_db_url,
+            brokers,
+            accounts: pick(self.accounts, 100),
+            days: if small { 30 } else { self.days },
+            changes_per_day: self.changes_per_day,
+            busy: pick(self.busy, 5),
+            busy_changes: if small { 200 } else { self.busy_changes },
+            busy_days: self.busy_days,
+            never_paid: pick(self.never_paid, 20),
+            samples: pick(self.samples, 50),
+            workers: self.workers,
+            partitions: if small { 4 } else { self.partitions },
+            shared_broker: self.shared_broker,
+            keep_db: self.keep_db,
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! `xtask`: the dev tool beside the product. `xtask demo` tells the midnight
-//! story on one machine; `xtask bench spike|ingest` measure the real
+//! story on one machine; `xtask bench spike|ingest|aged` measure the real
 //! processes. Both run on the shared harness (`interest-now-harness`), which
 //! the integration tests use too, and drive the `interest-now` binary.
 
+mod aged;
 mod bench;
 mod cli;
 mod cpu;
@@ -84,6 +85,7 @@ async fn run_bench(command: BenchCommand, db: String, brokers: String) -> anyhow
             })
             .await
         }
+        BenchCommand::Aged(a) => aged::aged(a.options(db, brokers)).await,
         BenchCommand::Ingest {
             snapshots,
             accounts,

@@ -21,7 +21,7 @@ fn product_bin() -> std::path::PathBuf {
     bin
 }
 
-fn bench(args: &[&str]) -> serde_json::Value {
+pub fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("bench")
