@@ -199,6 +199,7 @@ async fn connect(settings: Settings) -> anyhow::Result<Shared> {
         let s = settings.clone();
         Arc::new(kafka::ResilientProducer::new(move || kafka::producer(&s))?)
     };
+    warm_up(&producer, &settings.topic(kafka::CLAIMS)).await;
     Ok(Shared {
         clock: Clock::new(settings.clock_offset_seconds),
         settings,
@@ -208,6 +209,24 @@ async fn connect(settings: Settings) -> anyhow::Result<Shared> {
         metrics: Metrics::new(),
         producer,
     })
+}
+
+/// Connects the producer and reads the claims topic's metadata before the
+/// process reports ready, so its first claim does not spend its wait
+/// (`CLAIM_WAIT_MS`) on them. Bounded; a broker away now is logged, not fatal.
+async fn warm_up(producer: &kafka::ResilientProducer, topic: &str) {
+    use rdkafka::producer::Producer;
+    let (producer, topic) = (producer.get(), topic.to_owned());
+    let fetched = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .map(|_| ())
+    })
+    .await;
+    if let Ok(Err(e)) = fetched {
+        tracing::warn!(event = "producer_warm_up_failed", error = %e);
+    }
 }
 
 /// Connections of the health pool (readiness and the API's database watch).

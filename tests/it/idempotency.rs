@@ -64,7 +64,9 @@ async fn a_retry_after_a_202_is_answered_from_the_key_without_a_second_message()
     env.wait_accounts(1).await;
     drop(w);
     // No worker: every claim waits out CLAIM_WAIT_MS and is answered 202.
-    let api = env.serve("api", &[("CLAIM_WAIT_MS", "1000")]).await;
+    // A wait long enough for a slow acknowledgement on a loaded CI machine
+    // (an acknowledgement past the wait is a withdrawn 503, not a 202).
+    let api = env.serve("api", &[("CLAIM_WAIT_MS", "3000")]).await;
     let first = api.claim("dora", "k-202").await;
     assert_eq!(first.status, 202, "{first:?}");
     let again = api.claim("dora", "k-202").await;

@@ -55,7 +55,7 @@ async fn claim_and_poll(api: Api, account: String) -> (String, Answer) {
 async fn a_spike_against_a_paused_worker_keeps_the_api_ready_and_answering() {
     let env = Env::new(4).await;
     let api = env
-        .serve("api", &[("CLAIM_WAIT_MS", "500"), ("CLAIMS_IN_FLIGHT_MAX", "150")])
+        .serve("api", &[("CLAIM_WAIT_MS", "1500"), ("CLAIMS_IN_FLIGHT_MAX", "150")])
         .await;
     let worker = env.serve("worker", &[]).await;
     let as_of = format_instant(crate::harness::now() - Dur::days(2));
