@@ -36,12 +36,7 @@ pub async fn payout_history(
     pool: &PgPool,
     q: &HistoryQuery,
 ) -> anyhow::Result<Option<(Vec<PayoutJson>, Option<HistoryCursor>)>> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)")
-        .bind(&q.account_id)
-        .fetch_one(pool)
-        .await
-        .context("looking the account up")?;
-    if !exists {
+    if !account_exists(pool, &q.account_id).await? {
         return Ok(None);
     }
     // One more row than asked tells whether another page follows.
@@ -78,6 +73,15 @@ pub async fn payout_history(
         page.push(payout_json(r)?);
     }
     Ok(Some((page, last.filter(|_| more))))
+}
+
+/// Whether the account exists (an empty history is not an unknown account).
+async fn account_exists(pool: &PgPool, account_id: &str) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)")
+        .bind(account_id)
+        .fetch_one(pool)
+        .await
+        .context("looking the account up")
 }
 
 /// A stored payout in its wire form (SPEC §5), as the 201 showed it.
@@ -124,12 +128,7 @@ pub struct StatementLine {
 /// months, then the year, each per currency and profile; `None` when the
 /// account does not exist. One range scan of `interest_payouts_history`.
 pub async fn statement(pool: &PgPool, account_id: &str, year: i32) -> anyhow::Result<Option<Vec<StatementLine>>> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)")
-        .bind(account_id)
-        .fetch_one(pool)
-        .await
-        .context("looking the account up")?;
-    if !exists {
+    if !account_exists(pool, account_id).await? {
         return Ok(None);
     }
     let rows = sqlx::query(
