@@ -72,17 +72,19 @@ impl Journal {
     }
 }
 
+/// The points of `points` received before `k`: the timeline known at `k`.
+pub(super) fn known_at(points: &[Received], k: DateTime<Utc>) -> Vec<Point> {
+    points
+        .iter()
+        .filter(|r| r.received_at < k)
+        .map(|r| r.point.clone())
+        .collect()
+}
+
 /// The journal of one account for `day`. Pure: `points` sorted by seq (as the
 /// worker keeps them), `paid_t0` / `paid_t` = P(T0) / P(T).
 pub fn journal(plans: &Plans, points: &[Received], paid_t0: i128, paid_t: i128, day: &Day) -> Journal {
-    let known = |k: DateTime<Utc>| -> Vec<Point> {
-        points
-            .iter()
-            .filter(|r| r.received_at < k)
-            .map(|r| r.point.clone())
-            .collect()
-    };
-    let (at_t, at_t0) = (known(day.t), known(day.t0));
+    let (at_t, at_t0) = (known_at(points, day.t), known_at(points, day.t0));
     let (t0, t) = (day.t0.timestamp(), day.t.timestamp());
     // Accrual starts at the first point (lowest seq, hence earliest as_of) known at K.
     let since_first = |pts: &[Point], to: i64| pts.first().map_or(Accrued::ZERO, |f| accrue(plans, pts, f.at(), to));

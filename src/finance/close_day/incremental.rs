@@ -53,14 +53,7 @@ pub fn cutoff(day: &Day, first_news: Option<DateTime<Utc>>) -> i64 {
 /// from the one in force at `cutoff` on (sorted by seq). Pure.
 pub fn journal_since(plans: &Plans, points: &[Received], cutoff: i64, start: Start, day: &Day) -> Journal {
     let liability_start = start.previous_end.expect("the incremental close needs D-1's row");
-    let known = |k: DateTime<Utc>| -> Vec<Point> {
-        points
-            .iter()
-            .filter(|r| r.received_at < k)
-            .map(|r| r.point.clone())
-            .collect()
-    };
-    let (at_t, at_t0) = (known(day.t), known(day.t0));
+    let (at_t, at_t0) = (super::known_at(points, day.t), super::known_at(points, day.t0));
     let (t0, t) = (day.t0.timestamp(), day.t.timestamp());
     let accrued = accrue(plans, &at_t, t0, t).0;
     let corrections = accrue(plans, &at_t, cutoff, t0).0 - accrue(plans, &at_t0, cutoff, t0).0;
