@@ -11,7 +11,7 @@
 //! [`DeadLetterRelay`] does the same for the dead-letter outbox
 //! (`dead_letters`) and `balance-snapshots.dlq`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -254,34 +254,81 @@ impl Relay {
         }
     }
 
-    /// One attempt, in order: marks the delivered prefix published; (all out, its ids).
+    /// One attempt: marks what was delivered published; (all out, its ids).
     async fn publish_once(&self, items: &[OutboxItem]) -> (bool, Vec<Uuid>) {
         let delivered = self.publish(items).await;
-        let ids: Vec<Uuid> = items[..delivered].iter().map(|i| i.payout_id).collect();
+        let ids: Vec<Uuid> = delivered.iter().map(|&i| items[i].payout_id).collect();
         if !ids.is_empty() {
             if let Err(e) = store::mark_published(&self.pool, &ids).await {
                 // Published but not marked: a later sweep publishes again (at least once).
                 tracing::warn!(event = "relay_mark_failed", error = format!("{e:#}"));
             }
         }
-        (delivered == items.len(), ids)
+        (delivered.len() == items.len(), ids)
     }
-    /// Sends all; returns how many were delivered before the first failure.
-    async fn publish(&self, items: &[OutboxItem]) -> usize {
-        let sends = items.iter().map(|i| {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "payout_id",
-                value: Some(&i.payout_id.to_string()),
+
+    /// Sends `items` (in commit order) in rounds of at most one payout per
+    /// account: round r holds each account's r-th payout, and starts only
+    /// when every send of round r − 1 was acknowledged. After a failing round
+    /// nothing more is sent. Returns the indices delivered.
+    ///
+    /// Why rounds: sends in flight together can land in any order when some
+    /// fail — a payout refused while the topic is away, its successor
+    /// accepted a moment later when it is back (or a retried produce request
+    /// overtaken by the next one). The first copy of an account's later
+    /// payout would then precede the earlier one on the topic (drill 5 saw
+    /// it). With one payout per account in flight, an account's payout is
+    /// sent only after all its earlier ones were acknowledged, and what is
+    /// not delivered stays unpublished for a sweep, which sends in `seq`
+    /// order. A claims batch holds one payout per account almost always, so
+    /// a job is almost always one round.
+    async fn publish(&self, items: &[OutboxItem]) -> Vec<usize> {
+        let mut delivered = Vec::with_capacity(items.len());
+        for round in rounds(items) {
+            let sends = round.iter().map(|&n| {
+                let i = &items[n];
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "payout_id",
+                    value: Some(&i.payout_id.to_string()),
+                });
+                self.producer
+                    .send(&self.topic, &i.key, i.payload.as_bytes(), Some(headers))
             });
-            self.producer
-                .send(&self.topic, &i.key, i.payload.as_bytes(), Some(headers))
-        });
-        let results = futures::future::join_all(sends).await;
-        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-            tracing::warn!(event = "relay_send_failed", error = %e);
+            let results = futures::future::join_all(sends).await;
+            let mut failed = false;
+            for (&n, r) in round.iter().zip(&results) {
+                match r {
+                    Ok(_) => delivered.push(n),
+                    Err(e) => {
+                        if !failed {
+                            tracing::warn!(event = "relay_send_failed", error = %e);
+                        }
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                break;
+            }
         }
-        results.iter().take_while(|r| r.is_ok()).count()
+        delivered
     }
+}
+
+/// The indices of `items` in rounds: round r holds each key's r-th item, in
+/// the order the keys first appear.
+fn rounds(items: &[OutboxItem]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (n, item) in items.iter().enumerate() {
+        let r = seen.entry(item.key.as_str()).or_insert(0);
+        if *r == rounds.len() {
+            rounds.push(Vec::new());
+        }
+        rounds[*r].push(n);
+        *r += 1;
+    }
+    rounds
 }
 
 /// Keeps `outbox_pending` current while the relay may be stuck on a
@@ -422,7 +469,22 @@ impl DeadLetterRelay {
 
 #[cfg(test)]
 mod tests {
-    use super::as_handed_over;
+    use super::{as_handed_over, rounds, OutboxItem};
+
+    fn item(key: &str) -> OutboxItem {
+        OutboxItem {
+            payout_id: uuid::Uuid::new_v4(),
+            key: key.to_owned(),
+            payload: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_accounts_payouts_go_in_successive_rounds() {
+        let items: Vec<OutboxItem> = ["a", "b", "a", "c", "a", "b"].into_iter().map(item).collect();
+        assert_eq!(rounds(&items), vec![vec![0, 1, 3], vec![2, 5], vec![4]]);
+        assert!(rounds(&[]).is_empty());
+    }
 
     #[test]
     fn a_swept_payload_has_the_hand_off_bytes() {
