@@ -232,10 +232,11 @@ fn report(outcomes: &HashMap<String, Outcome>, (lost, doubled): (usize, usize)) 
 /// It found a per-account ordering defect of the relay after the topic
 /// returns (one account's payout published after three later ones: sends in
 /// flight together landed out of order when some failed); the relay now
-/// sends at most one payout per account at a time (`Relay::publish`). Runs
-/// in the serial phase of `scripts/test` (it deletes a topic and loads the
-/// machine for 35 s) and with `scripts/drill downstream`.
-#[ignore = "a 35 s drill: the serial phase of scripts/test, or scripts/drill downstream"]
+/// sends at most one payout per account at a time (`Relay::publish`). Not
+/// back in CI until it has passed a few runs on a quiet machine (one pass
+/// after the fix so far; docs/RELIABILITY.md); run it with `scripts/drill
+/// downstream`.
+#[ignore = "35 s drill, not yet back in CI; scripts/drill downstream"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn downstream_isolation_claims_flow_while_the_payouts_topic_is_gone() {
     let plan = downstream::Plan::from_env();
