@@ -115,6 +115,13 @@ async fn spike_on(
     let rss = stack.worker_rss_mb_max();
     let day = business_date(midnight).to_string();
     let (paid_accounts, duplicates) = payout_check(stack, &day).await?;
+    let throttled = throttled(stack, &fired.throttled_before);
+    // The service is done: its connections are freed for pgbench, its CPU for the baseline.
+    for svc in &mut stack.services {
+        if svc.running() {
+            let _ = tokio::task::block_in_place(|| svc.stop(false));
+        }
+    }
     let (baseline, ceiling) = if o.baseline_seconds > 0 {
         let (b, c) = baselines(stack, o.concurrency.min(64), o.baseline_seconds)?;
         (Some(b), Some(c))
@@ -131,7 +138,7 @@ async fn spike_on(
     line["cpu_cores"] = crate::cpu::cores(&fired.before, &fired.after, fired.secs);
     line["worker_cpu"] = json!(o.worker_cpu);
     line["api_cpu"] = json!(o.api_cpu);
-    line["throttled"] = throttled(stack, &fired.throttled_before);
+    line["throttled"] = throttled;
     line["load_generator"] = fired.loadgen;
     let panels = crate::timeline::spike_panels(results, &fired.lag);
     let title = format!(
@@ -184,12 +191,15 @@ fn cpu_sample(stack: &Stack, broker: Option<u32>, loadgen: Option<u32>) -> crate
             })
             .collect()
     };
-    crate::cpu::sample(&[
-        ("api", meters("api")),
-        ("workers", meters("worker")),
-        ("broker", broker.map(Meter::Pid).into_iter().collect()),
-        ("load_generator", loadgen.map(Meter::Pid).into_iter().collect()),
-    ])
+    crate::cpu::sample(
+        &[
+            ("api", meters("api")),
+            ("workers", meters("worker")),
+            ("broker", broker.map(Meter::Pid).into_iter().collect()),
+            ("load_generator", loadgen.map(Meter::Pid).into_iter().collect()),
+        ],
+        Some(&stack.env.name),
+    )
 }
 
 /// Starts a service process, in a cgroup of its own when its role is capped.

@@ -4,13 +4,13 @@
 //! These are steadier than throughput on a shared machine (issue 11). A
 //! process in a cgroup of its own (`--worker-cpu`, `--api-cpu`) is read from
 //! the group's `cpuacct.usage` (ns, every thread, also after it exits); the
-//! others from `/proc/PID/stat` (utime + stime; for PostgreSQL also the
-//! postmaster's cutime + cstime, which holds the backends that exited in the
-//! window).
+//! others from `/proc/PID/stat` (utime + stime). PostgreSQL is the run's
+//! database's backends plus the cluster's shared processes (writers,
+//! checkpointer, autovacuum), so other sessions' work on a shared cluster is
+//! left out.
 //!
 //! Limits: a process outside a cgroup that exits inside the window (a worker
-//! leaving under `--churn`) loses what it used; PostgreSQL is the whole local
-//! cluster.
+//! leaving under `--churn`, a short-lived backend) loses what it used.
 
 use std::collections::BTreeMap;
 
@@ -31,9 +31,13 @@ fn ticks(pid: u32) -> Option<(u64, u64)> {
     (f.len() == 4).then(|| (f[0] + f[1], f[2] + f[3]))
 }
 
-/// Every `postgres` process: its own time, plus the reaped children's time
-/// of the postmaster (the one whose parent is not `postgres`).
-fn postgres_ticks() -> u64 {
+/// The `postgres` processes' time. With `database`: the backends of that
+/// database and the cluster's own processes (postmaster, writers,
+/// checkpointer, autovacuum), not the backends of other databases (other
+/// sessions' tests on a shared cluster), and not the reaped children's time
+/// (it mixes every database's exited backends). Without: every `postgres`
+/// process, plus the postmaster's reaped children.
+fn postgres_ticks(database: Option<&str>) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -43,11 +47,33 @@ fn postgres_ticks() -> u64 {
         if comm.trim() != "postgres" {
             continue;
         }
-        if let Some((own, children)) = ticks(pid) {
-            total += own + children;
+        let title = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let Some((own, children)) = ticks(pid) else {
+            continue;
+        };
+        match database {
+            None => total += own + children,
+            Some(db) if counts_for(&title, db) => total += own,
+            Some(_) => {}
         }
     }
     total
+}
+
+/// Whether a `postgres` process titled `title` works for database `db`: its
+/// backend, or one of the cluster's shared processes (a client backend's
+/// title names its database and client address: `postgres: user db 127.0.0.1(5555) idle`).
+fn counts_for(title: &str, db: &str) -> bool {
+    let words: Vec<&str> = title.split_whitespace().collect();
+    if words.contains(&db) {
+        return true;
+    }
+    let backend = words
+        .iter()
+        .any(|w| w.starts_with("[local]") || (w.ends_with(')') && w.contains('(')));
+    !backend
 }
 
 /// Where one process's CPU time is read.
@@ -68,14 +94,15 @@ impl Meter {
 }
 
 /// One reading of every component, in ns of CPU: the named parts, and
-/// `postgres` (the whole local cluster).
-pub fn sample(parts: &[(&'static str, Vec<Meter>)]) -> Sample {
+/// `postgres` (see [`postgres_ticks`]: the run's `database` and the cluster's
+/// shared processes, or the whole local cluster).
+pub fn sample(parts: &[(&'static str, Vec<Meter>)], database: Option<&str>) -> Sample {
     let ns_per_tick = 1_000_000_000 / clk_tck().max(1);
     let mut s = Sample::new();
     for (name, meters) in parts {
         *s.entry(name).or_default() += meters.iter().map(|m| m.ns(ns_per_tick)).sum::<u64>();
     }
-    s.insert("postgres", postgres_ticks() * ns_per_tick);
+    s.insert("postgres", postgres_ticks(database) * ns_per_tick);
     s
 }
 
@@ -155,11 +182,28 @@ mod tests {
     }
 
     #[test]
+    fn postgres_counts_the_runs_backends_and_the_shared_processes_only() {
+        let db = "interest_now_bench_42";
+        assert!(counts_for(
+            "postgres: postgres interest_now_bench_42 127.0.0.1(5555) idle",
+            db
+        ));
+        assert!(counts_for("postgres: walwriter ", db));
+        assert!(counts_for("postgres: checkpointer ", db));
+        assert!(counts_for(
+            "/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main",
+            db
+        ));
+        assert!(!counts_for("postgres: postgres other_db 127.0.0.1(6000) INSERT", db));
+        assert!(!counts_for("postgres: postgres other_db [local] idle", db));
+    }
+
+    #[test]
     fn this_process_has_cpu_time() {
         // Busy until the kernel has charged at least one clock tick (bounded).
         let t = std::time::Instant::now();
         let mut x = 0u64;
-        let me = || sample(&[("me", vec![Meter::Pid(std::process::id())])])["me"];
+        let me = || sample(&[("me", vec![Meter::Pid(std::process::id())])], None)["me"];
         while me() == 0 && t.elapsed() < std::time::Duration::from_secs(10) {
             for i in 0..1_000_000u64 {
                 x = x.wrapping_mul(31).wrapping_add(i);
