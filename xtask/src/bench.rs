@@ -122,9 +122,18 @@ async fn spike_on(
             let _ = tokio::task::block_in_place(|| svc.stop(false));
         }
     }
+    // A baseline that cannot run (a shared cluster out of connections) leaves its figures null, not the run failed.
+    let mut baseline_error = None;
     let (baseline, ceiling) = if o.baseline_seconds > 0 {
-        let (b, c) = baselines(stack, o.concurrency.min(64), o.baseline_seconds)?;
-        (Some(b), Some(c))
+        match baselines(stack, o.concurrency.min(64), o.baseline_seconds) {
+            Ok((b, c)) => (Some(b), Some(c)),
+            Err(e) => {
+                let e = format!("{e:#}").replace('\n', " ");
+                eprintln!("bench: no baseline: {e}");
+                baseline_error = Some(e);
+                (None, None)
+            }
+        }
     } else {
         (None, None)
     };
@@ -139,6 +148,9 @@ async fn spike_on(
     line["worker_cpu"] = json!(o.worker_cpu);
     line["api_cpu"] = json!(o.api_cpu);
     line["throttled"] = throttled;
+    if let Some(e) = baseline_error {
+        line["baseline_error"] = json!(e);
+    }
     line["load_generator"] = fired.loadgen;
     let panels = crate::timeline::spike_panels(results, &fired.lag);
     let title = format!(
@@ -699,17 +711,17 @@ fn scale_table(line: &serde_json::Value) -> String {
             let _ = writeln!(
                 out,
                 "{:>3} {:>10} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}",
-                r["n"],
-                r["claims_per_s"],
-                r["p99_ms"],
-                r["efficiency"],
-                c["api"],
-                c["workers"],
-                c["postgres"],
-                c["broker"],
-                c["load_generator"],
-                k["postgres"],
-                k["broker"]
+                r["n"].to_string(),
+                r["claims_per_s"].to_string(),
+                r["p99_ms"].to_string(),
+                r["efficiency"].to_string(),
+                c["api"].to_string(),
+                c["workers"].to_string(),
+                c["postgres"].to_string(),
+                c["broker"].to_string(),
+                c["load_generator"].to_string(),
+                k["postgres"].to_string(),
+                k["broker"].to_string()
             );
         }
     }
@@ -736,6 +748,6 @@ mod tests {
         let line = json!({"worker_cpu": 0.1, "api_cpu": 0.1, "tables": {"workers": [row.clone()], "apis": [row]}});
         let t = scale_table(&line);
         assert!(t.contains("workers (each capped at 0.1 core)"), "{t}");
-        assert_eq!(t.matches("3400.0").count(), 2, "{t}");
+        assert_eq!(t.matches("    3400.0").count(), 2, "aligned: {t}");
     }
 }
