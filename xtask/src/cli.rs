@@ -1,4 +1,5 @@
-//! The dev tool's command line: `xtask demo`, `xtask bench spike|ingest|aged`.
+//! The dev tool's command line: `xtask demo`, `xtask bench spike|scale|ingest|aged`
+//! (and the hidden `xtask loadgen`, the load generator's own process).
 //! Bad arguments print one line and exit 2, like the product's.
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,42 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
         accounts: u32,
     },
+    /// The benchmarks' load generator, as a process of its own (started by `bench spike`).
+    #[command(hide = true)]
+    Loadgen {
+        /// API addresses, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        apis: Vec<std::net::SocketAddr>,
+        /// One claim a line: account TAB idempotency key.
+        #[arg(long)]
+        claims: std::path::PathBuf,
+        #[arg(long)]
+        concurrency: usize,
+        /// Open loop at this many claims/s; omitted: closed loop.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// The start instant, Unix milliseconds.
+        #[arg(long)]
+        start_at_ms: i64,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+/// A fraction of a core, for a cgroup quota: more than 0, at most 64.
+fn cores(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 64.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a number of cores in (0, 64]")),
+    }
+}
+
+/// Process counts for `bench scale`: 1 to 12 each, comma-separated.
+fn count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=12).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a process count in 1..=12")),
+    }
 }
 
 /// Parses the arguments; on a usage error prints one line and exits 2
@@ -64,6 +101,44 @@ pub enum BenchCommand {
         /// Use the broker at KAFKA_BROKERS instead of a fresh private one.
         #[arg(long)]
         shared_broker: bool,
+        /// Each worker process in a cgroup (v1 cpu, cpuacct) of its own, capped at F cores during the spike.
+        #[arg(long, value_name = "F", value_parser = cores)]
+        worker_cpu: Option<f64>,
+        /// Each API process in a cgroup of its own, capped at F cores during the spike.
+        #[arg(long, value_name = "F", value_parser = cores)]
+        api_cpu: Option<f64>,
+        /// Directory for spike.json and spike.svg (the timeline).
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+    },
+    /// Horizontal scale under CPU quotas: 1/2/4 capped workers, then 1/2/4 capped APIs; one JSON line.
+    Scale {
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1000..=2_000_000))]
+        accounts: u32,
+        /// Cores for each worker in the worker table.
+        #[arg(long, value_name = "F", default_value_t = 0.1, value_parser = cores)]
+        worker_cpu: f64,
+        /// Cores for each API in the API table.
+        #[arg(long, value_name = "F", default_value_t = 0.1, value_parser = cores)]
+        api_cpu: f64,
+        /// Process counts of each table.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4", value_parser = count)]
+        counts: Vec<usize>,
+        /// Uncapped workers in the API table.
+        #[arg(long, default_value_t = 2)]
+        api_table_workers: usize,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// Seconds for each pgbench baseline run (once, in the first run).
+        #[arg(long, default_value_t = 10)]
+        baseline_seconds: u64,
+        #[arg(long)]
+        shared_broker: bool,
+        /// Directory for scale.json and each run's JSON and timeline SVG.
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
     },
     /// Aged accounts (a past written with SQL) against fresh ones, in one run.
     Aged(AgedArgs),
@@ -80,6 +155,9 @@ pub enum BenchCommand {
         /// Use the broker at KAFKA_BROKERS instead of a fresh private one per round.
         #[arg(long)]
         shared_broker: bool,
+        /// Each worker in a cgroup (v1 cpu, cpuacct) of its own, capped at F cores.
+        #[arg(long, value_name = "F", value_parser = cores)]
+        worker_cpu: Option<f64>,
     },
 }
 

@@ -1,15 +1,17 @@
 //! `xtask`: the dev tool beside the product. `xtask demo` tells the midnight
-//! story on one machine; `xtask bench spike|ingest|aged` measure the real
+//! story on one machine; `xtask bench spike|scale|ingest|aged` measure the real
 //! processes. Both run on the shared harness (`interest-now-harness`), which
 //! the integration tests use too, and drive the `interest-now` binary.
 
 mod aged;
 mod bench;
+mod cgroup;
 mod cli;
 mod cpu;
 mod demo;
 mod load;
 mod stack;
+mod timeline;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,32 @@ fn main() -> ExitCode {
                     accounts: accounts as usize,
                 })
                 .await
+            }
+            Command::Loadgen {
+                apis,
+                claims,
+                concurrency,
+                rate,
+                start_at_ms,
+                out,
+            } => {
+                let line = load::loadgen(load::LoadGenArgs {
+                    apis,
+                    claims,
+                    concurrency,
+                    rate,
+                    start_at_ms,
+                    out,
+                })
+                .await?;
+                println!("{line}");
+                // Stays until the benchmark has read its CPU time and closes stdin.
+                tokio::task::spawn_blocking(|| {
+                    use std::io::Read as _;
+                    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+                })
+                .await?;
+                Ok(())
             }
             Command::Bench { command } => {
                 let line = run_bench(command, db, brokers).await?;
@@ -68,6 +96,9 @@ async fn run_bench(command: BenchCommand, db: String, brokers: String) -> anyhow
             baseline_seconds,
             churn,
             shared_broker,
+            worker_cpu,
+            api_cpu,
+            out,
         } => {
             bench::spike(bench::SpikeOptions {
                 admin_db_url: db,
@@ -82,6 +113,38 @@ async fn run_bench(command: BenchCommand, db: String, brokers: String) -> anyhow
                 baseline_seconds,
                 churn,
                 shared_broker,
+                worker_cpu,
+                api_cpu,
+                out_dir: out,
+                name: "spike".to_owned(),
+            })
+            .await
+        }
+        BenchCommand::Scale {
+            accounts,
+            worker_cpu,
+            api_cpu,
+            counts,
+            api_table_workers,
+            concurrency,
+            partitions,
+            baseline_seconds,
+            shared_broker,
+            out,
+        } => {
+            bench::scale(bench::ScaleOptions {
+                admin_db_url: db,
+                brokers,
+                accounts: accounts as usize,
+                worker_cpu,
+                api_cpu,
+                counts,
+                api_table_workers,
+                concurrency,
+                partitions,
+                baseline_seconds,
+                shared_broker,
+                out_dir: out,
             })
             .await
         }
@@ -92,6 +155,7 @@ async fn run_bench(command: BenchCommand, db: String, brokers: String) -> anyhow
             partitions,
             max_workers,
             shared_broker,
+            worker_cpu,
         } => {
             bench::ingest(bench::IngestOptions {
                 admin_db_url: db,
@@ -101,6 +165,7 @@ async fn run_bench(command: BenchCommand, db: String, brokers: String) -> anyhow
                 partitions,
                 max_workers,
                 shared_broker,
+                worker_cpu,
             })
             .await
         }

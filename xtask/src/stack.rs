@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use interest_now_harness::{Env, Product, Service, Spec};
 
+use crate::cgroup::{Cgroups, Group};
+
 pub const TOKEN: &str = "local-demo-token";
 
 /// The `interest-now` binary the dev tool drives: `INTEREST_NOW_BIN`, else the
@@ -83,6 +85,10 @@ pub struct Stack {
     pub services: Vec<Service>,
     /// The HTTP addresses of the API processes.
     pub apis: Vec<SocketAddr>,
+    /// The cgroup of each service process started in one (same order as `services`).
+    pub groups: Vec<Option<Group>>,
+    /// The run's cgroups (`--worker-cpu`, `--api-cpu`); removed at teardown.
+    pub cgroups: Option<Cgroups>,
 }
 
 /// `base` plus this process's id: a benchmark's database and topic names.
@@ -121,6 +127,8 @@ impl Stack {
             env: Env::create(spec).await?,
             services: Vec::new(),
             apis: Vec::new(),
+            groups: Vec::new(),
+            cgroups: None,
         })
     }
 
@@ -136,11 +144,41 @@ impl Stack {
     /// Starts `serve --role ROLE` and waits until it is ready.
     pub async fn spawn(&mut self, role: &str, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
         let svc = self.env.serve(role, extra).await?;
+        self.push(svc, None)
+    }
+
+    /// Like [`Stack::spawn`], the process in a cgroup of its own (created on
+    /// first use, see `crate::cgroup`) capped at `cores` (None: uncapped, only
+    /// accounted); the cap can be changed later through `groups`.
+    pub async fn spawn_in_cgroup(
+        &mut self,
+        role: &str,
+        extra: &[(&str, &str)],
+        cores: Option<f64>,
+    ) -> anyhow::Result<SocketAddr> {
+        if self.cgroups.is_none() {
+            self.cgroups = Some(Cgroups::new()?);
+        }
+        let name = format!("{role}-{}", self.services.len());
+        let group = self.cgroups.as_mut().expect("cgroups").group(&name, cores)?;
+        let bin = self.env.product.bin.clone();
+        let wrapper = Cgroups::wrapper(&self.env.log_dir, &bin)?;
+        let value = group.env_value();
+        let mut env: Vec<(&str, &str)> = extra.to_vec();
+        env.push(("XTASK_CGROUPS", &value));
+        self.env.product.bin = wrapper;
+        let svc = self.env.serve(role, &env).await;
+        self.env.product.bin = bin;
+        self.push(svc?, Some(group))
+    }
+
+    fn push(&mut self, svc: Service, group: Option<Group>) -> anyhow::Result<SocketAddr> {
         let http = svc.http;
-        if role != "worker" {
+        if svc.role != "worker" {
             self.apis.push(http);
         }
         self.services.push(svc);
+        self.groups.push(group);
         Ok(http)
     }
 
@@ -166,6 +204,7 @@ impl Stack {
                 let _ = svc.stop(false);
             }
         }
+        self.cgroups.take();
         if keep_db {
             self.env.pool.close().await;
         } else {
