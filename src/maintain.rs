@@ -6,8 +6,10 @@
 //!    except one that still holds a row that must stay (an `accepted` claim,
 //!    an unpublished outbox row or dead letter: logged and kept);
 //! 3. deletes expired idempotency keys;
-//! 4. prunes balance points no reader needs (`store::retention::prune_balance_points`;
-//!    none before close-day has closed a day).
+//! 4. prunes balance points no reader needs (`store::retention::prune_balance_points_since`:
+//!    every account on the first run, then only the accounts whose points
+//!    crossed the cut or that were paid since the last run; none before
+//!    close-day has closed a day).
 //!
 //! It prints one JSON line of what it did. It is idempotent: a second run
 //! creates and drops nothing. Interest payouts and the daily journal are
@@ -92,6 +94,7 @@ struct Summary {
     kept: Vec<serde_json::Value>,
     keys_deleted: u64,
     points_pruned: u64,
+    points_accounts: u64,
     points: &'static str,
 }
 
@@ -122,6 +125,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         "kept": summary.kept,
         "idempotency_keys_deleted": summary.keys_deleted,
         "balance_points_pruned": summary.points_pruned,
+        "balance_points_accounts_visited": summary.points_accounts,
         "balance_points": summary.points,
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });
@@ -234,7 +238,13 @@ async fn prune_points(pool: &PgPool, now: DateTime<Utc>, s: &mut Summary) -> any
         return Ok(());
     };
     let keep_from = (now - window).min(kst_midnight_utc(day) - window);
-    s.points_pruned = retention::prune_balance_points(pool, keep_from).await?;
-    s.points = "pruned";
+    let pruned = retention::prune_balance_points_since(pool, keep_from, now).await?;
+    s.points_pruned = pruned.points;
+    s.points_accounts = pruned.accounts_visited;
+    s.points = if pruned.full {
+        "pruned: every account (no watermark yet)"
+    } else {
+        "pruned: the accounts whose points crossed the cut or that were paid since the last run"
+    };
     Ok(())
 }

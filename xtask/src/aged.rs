@@ -471,6 +471,8 @@ fn maintain_did(out: &str) -> anyhow::Result<Value> {
         "kept": line["kept"],
         "idempotency_keys_deleted": line["idempotency_keys_deleted"],
         "balance_points_pruned": line["balance_points_pruned"],
+        "balance_points_accounts_visited": line["balance_points_accounts_visited"],
+        "balance_points": line["balance_points"],
         "elapsed_ms": line["elapsed_ms"],
     }))
 }
