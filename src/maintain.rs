@@ -6,8 +6,10 @@
 //!    except one that still holds a row that must stay (an `accepted` claim,
 //!    an unpublished outbox row or dead letter: logged and kept);
 //! 3. deletes expired idempotency keys;
-//! 4. prunes balance points no reader needs (`store::retention::prune_balance_points`;
-//!    none before close-day has closed a day).
+//! 4. prunes balance points no reader needs (`store::retention::prune_balance_points_since`:
+//!    every account on the first run, then only the accounts whose points
+//!    crossed the cut or that were paid since the last run; none before
+//!    close-day has closed a day).
 //!
 //! It prints one JSON line of what it did. It is idempotent: a second run
 //! creates and drops nothing. Interest payouts and the daily journal are
@@ -49,7 +51,8 @@ enum Keep {
     DatabaseClock(Duration),
 }
 
-fn tables(settings: &Settings) -> [(Table, Keep); 5] {
+/// The partitioned tables, in the order `maintain` visits them.
+fn partitioned() -> [Table; 5] {
     let day = |name, blocker| Table {
         name,
         step: Step::Day,
@@ -62,16 +65,25 @@ fn tables(settings: &Settings) -> [(Table, Keep); 5] {
         date_key,
         blocker: None,
     };
-    let outbox = Keep::DatabaseClock(settings.outbox_retention);
     [
-        (
-            day("claims", "state = 'accepted'"),
-            Keep::ServiceClock(settings.idempotency_key_ttl.max(CLAIMS_KEPT_MIN)),
-        ),
-        (day("payout_outbox", "published_at IS NULL"), outbox),
-        (day("dead_letters", "published_at IS NULL"), outbox),
-        (month("interest_payouts", false), Keep::Forever),
-        (month("daily_accruals", true), Keep::Forever),
+        day("claims", "state = 'accepted'"),
+        day("payout_outbox", "published_at IS NULL"),
+        day("dead_letters", "published_at IS NULL"),
+        month("interest_payouts", false),
+        month("daily_accruals", true),
+    ]
+}
+
+fn tables(settings: &Settings) -> [(Table, Keep); 5] {
+    let outbox = Keep::DatabaseClock(settings.outbox_retention);
+    let claims = Keep::ServiceClock(settings.idempotency_key_ttl.max(CLAIMS_KEPT_MIN));
+    let [c, o, d, p, j] = partitioned();
+    [
+        (c, claims),
+        (o, outbox),
+        (d, outbox),
+        (p, Keep::Forever),
+        (j, Keep::Forever),
     ]
 }
 
@@ -82,6 +94,7 @@ struct Summary {
     kept: Vec<serde_json::Value>,
     keys_deleted: u64,
     points_pruned: u64,
+    points_accounts: u64,
     points: &'static str,
 }
 
@@ -112,6 +125,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         "kept": summary.kept,
         "idempotency_keys_deleted": summary.keys_deleted,
         "balance_points_pruned": summary.points_pruned,
+        "balance_points_accounts_visited": summary.points_accounts,
         "balance_points": summary.points,
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });
@@ -121,12 +135,23 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
 
 /// Today's partition and those ahead.
 async fn create_ahead(pool: &PgPool, table: &Table, now: DateTime<Utc>, s: &mut Summary) -> anyhow::Result<()> {
+    create_from(pool, table, business_date(now), now, s).await
+}
+
+/// The partitions from the one holding `from` to those ahead of `now`.
+async fn create_from(
+    pool: &PgPool,
+    table: &Table,
+    from: NaiveDate,
+    now: DateTime<Utc>,
+    s: &mut Summary,
+) -> anyhow::Result<()> {
     let today = business_date(now);
     let last = match table.step {
         Step::Day => today + Days::new(DAYS_AHEAD),
         Step::Month => today + Months::new(MONTHS_AHEAD),
     };
-    let mut start = table.step.start(today);
+    let mut start = table.step.start(from.min(today));
     while start <= last {
         let name = table.partition_name(start);
         match retention::create_partition(pool, table, start).await? {
@@ -137,6 +162,26 @@ async fn create_ahead(pool: &PgPool, table: &Table, now: DateTime<Utc>, s: &mut 
         start = table.step.next(start);
     }
     Ok(())
+}
+
+/// Every partition from the day (month) of `from` to those ahead of `now`,
+/// as hourly runs of `maintain` since `from` would have created them (each
+/// run creates today's and the ones ahead), and drops nothing: for rows of
+/// the past loaded before the service ran (an import of an earlier system's
+/// records; `xtask bench aged`'s SQL-written year), so that they land in
+/// their partitions, not in DEFAULT, and the next `maintain` drops the
+/// expired ones. Returns the partitions created; one whose range already has
+/// rows in DEFAULT is left out, as `maintain` leaves it.
+pub async fn create_partitions_since(
+    pool: &PgPool,
+    from: NaiveDate,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<String>> {
+    let mut summary = Summary::default();
+    for table in partitioned() {
+        create_from(pool, &table, from, now, &mut summary).await?;
+    }
+    Ok(summary.created)
 }
 
 /// Partitions whose range ended before `now − keep`.
@@ -193,7 +238,13 @@ async fn prune_points(pool: &PgPool, now: DateTime<Utc>, s: &mut Summary) -> any
         return Ok(());
     };
     let keep_from = (now - window).min(kst_midnight_utc(day) - window);
-    s.points_pruned = retention::prune_balance_points(pool, keep_from).await?;
-    s.points = "pruned";
+    let pruned = retention::prune_balance_points_since(pool, keep_from, now).await?;
+    s.points_pruned = pruned.points;
+    s.points_accounts = pruned.accounts_visited;
+    s.points = if pruned.full {
+        "pruned: every account (no watermark yet)"
+    } else {
+        "pruned: the accounts whose points crossed the cut or that were paid since the last run"
+    };
     Ok(())
 }

@@ -261,7 +261,8 @@ pub async fn delete_expired_keys(pool: &PgPool, older_than: Duration) -> anyhow:
 }
 
 /// Deletes the balance points no reader can need any more, in batches, and
-/// returns how many.
+/// returns how many — visiting every account (the first pass; see
+/// [`prune_balance_points_since`] for the incremental runs after it).
 ///
 /// Per account, with `cut = least(accounts.checkpoint_at, keep_from)`: every
 /// point with `as_of < cut` except the latest of them (the balance in force
@@ -289,37 +290,161 @@ pub async fn delete_expired_keys(pool: &PgPool, older_than: Duration) -> anyhow:
 pub async fn prune_balance_points(pool: &PgPool, keep_from: DateTime<Utc>) -> anyhow::Result<u64> {
     let (mut deleted, mut after) = (0_u64, String::new());
     loop {
-        let (last, n): (Option<String>, i64) = sqlx::query_as(
-            "WITH page AS (
-                SELECT account_id, coalesce(checkpoint_at, paid_through) AS c
-                FROM accounts WHERE account_id > $2 ORDER BY account_id LIMIT $3),
-             cut AS (
-                SELECT page.account_id, k.seq AS kept, k.as_of AS kept_at
-                FROM page CROSS JOIN LATERAL (
-                    SELECT b.seq, b.as_of FROM balance_points b
-                    WHERE b.account_id = page.account_id AND b.as_of < least(page.c, $1)
-                    ORDER BY b.seq DESC LIMIT 1) k
-                WHERE EXISTS (SELECT 1 FROM balance_points o WHERE o.account_id = page.account_id AND o.seq < k.seq)),
-             gone AS (
-                DELETE FROM balance_points b USING cut
-                WHERE b.account_id = cut.account_id AND b.seq < cut.kept RETURNING 1),
-             -- Runs although nothing reads it (a data-modifying WITH always does).
-             marked AS (
-                UPDATE accounts a SET history_from = cut.kept_at FROM cut WHERE a.account_id = cut.account_id)
-             SELECT (SELECT max(account_id) FROM page), (SELECT count(*) FROM gone)",
-        )
-        .bind(keep_from)
-        .bind(&after)
-        .bind(PRUNE_ACCOUNTS_PER_BATCH)
-        .fetch_one(pool)
-        .await
-        .context("pruning balance points")?;
-        deleted += n as u64;
-        match last {
-            Some(last) => after = last,
-            None => return Ok(deleted),
+        let page: Vec<String> =
+            sqlx::query_scalar("SELECT account_id FROM accounts WHERE account_id > $1 ORDER BY account_id LIMIT $2")
+                .bind(&after)
+                .bind(PRUNE_ACCOUNTS_PER_BATCH)
+                .fetch_all(pool)
+                .await
+                .context("reading accounts to prune")?;
+        let Some(last) = page.last() else {
+            return Ok(deleted);
+        };
+        after = last.clone();
+        deleted += prune_accounts(pool, &page, keep_from).await?;
+    }
+}
+
+/// The prune rule of [`prune_balance_points`] for the accounts `ids` (one
+/// statement); the points deleted.
+async fn prune_accounts(pool: &PgPool, ids: &[String], keep_from: DateTime<Utc>) -> anyhow::Result<u64> {
+    let n: i64 = sqlx::query_scalar(
+        "WITH page AS (
+            SELECT account_id, coalesce(checkpoint_at, paid_through) AS c
+            FROM accounts WHERE account_id = ANY($2)),
+         cut AS (
+            SELECT page.account_id, k.seq AS kept, k.as_of AS kept_at
+            FROM page CROSS JOIN LATERAL (
+                SELECT b.seq, b.as_of FROM balance_points b
+                WHERE b.account_id = page.account_id AND b.as_of < least(page.c, $1)
+                ORDER BY b.seq DESC LIMIT 1) k
+            WHERE EXISTS (SELECT 1 FROM balance_points o WHERE o.account_id = page.account_id AND o.seq < k.seq)),
+         gone AS (
+            DELETE FROM balance_points b USING cut
+            WHERE b.account_id = cut.account_id AND b.seq < cut.kept RETURNING 1),
+         -- Runs although nothing reads it (a data-modifying WITH always does).
+         marked AS (
+            UPDATE accounts a SET history_from = cut.kept_at FROM cut WHERE a.account_id = cut.account_id)
+         SELECT count(*) FROM gone",
+    )
+    .bind(keep_from)
+    .bind(ids)
+    .fetch_one(pool)
+    .await
+    .context("pruning balance points")?;
+    Ok(n as u64)
+}
+
+/// The name of the prune's row in `retention_marks`.
+const PRUNE_MARK: &str = "balance_points";
+/// Payouts accepted this long before the previous run started still make
+/// their account a candidate (the clocks of the worker and the database).
+const PAID_MARGIN_SECS: i64 = 300;
+
+/// What one prune did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    /// Points deleted.
+    pub points: u64,
+    /// Accounts the prune statement looked at (each at most a few times).
+    pub accounts_visited: u64,
+    /// Every account was visited: there was no watermark yet.
+    pub full: bool,
+}
+
+/// The incremental prune: [`prune_balance_points`]'s rule, applied only to
+/// the accounts it can change since the previous run, whose `keep_from` and
+/// start the watermark (`retention_marks`) holds. An account's cut
+/// `least(C, keep_from)` passes a point it did not pass before only when
+/// `keep_from` moved past the point (its `as_of` lies in `[previous
+/// keep_from, keep_from)`: walked on `balance_points_crossing` in batches of
+/// [`DELETE_BATCH_ROWS`] points) or when the checkpoint C moved. C moves with
+/// a message; a snapshot brings a point, which crosses `keep_from` later (the
+/// first case); a claim or a settlement that pays writes a payout (accepted
+/// since the previous run, found by `interest_payouts_date`). After every
+/// message C stands at or after the account's last point (ARCHITECTURE.md,
+/// the checkpoint policy), so a cut below `keep_from` passes nothing new
+/// until the account gets a point. Only a checkpoint left behind its last
+/// point from before that policy (the checkpoint migration, a bulk load) and
+/// moved by a claim that paid nothing waits for the account's next point to
+/// cross: a prune delayed, never one too many. With no watermark (the first
+/// run) every account is visited. Cost: the points that crossed and the
+/// payouts since, not the number of accounts.
+/// `now` is the service's clock (the one that stamps `accepted_at`).
+pub async fn prune_balance_points_since(
+    pool: &PgPool,
+    keep_from: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Pruned> {
+    let started = now;
+    let mark: Option<(DateTime<Utc>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT keep_from, ran_at FROM retention_marks WHERE name = $1")
+            .bind(PRUNE_MARK)
+            .fetch_optional(pool)
+            .await
+            .context("reading the prune's watermark")?;
+    let mut done = Pruned::default();
+    match mark {
+        None => {
+            done.points = prune_balance_points(pool, keep_from).await?;
+            done.accounts_visited = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM accounts")
+                .fetch_one(pool)
+                .await? as u64;
+            done.full = true;
+        }
+        Some((previous, ran_at)) => {
+            let paid_since = ran_at - chrono::Duration::seconds(PAID_MARGIN_SECS);
+            let paid: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT account_id FROM interest_payouts
+                 WHERE business_date >= ($1 AT TIME ZONE 'Asia/Seoul')::date AND accepted_at >= $1",
+            )
+            .bind(paid_since)
+            .fetch_all(pool)
+            .await
+            .context("reading the accounts paid since the last prune")?;
+            for page in paid.chunks(PRUNE_ACCOUNTS_PER_BATCH as usize) {
+                done.points += prune_accounts(pool, page, keep_from).await?;
+                done.accounts_visited += page.len() as u64;
+            }
+            let (mut at, mut after) = (previous, String::new());
+            while at < keep_from {
+                let crossed: Vec<(DateTime<Utc>, String)> = sqlx::query_as(
+                    "SELECT as_of, account_id FROM balance_points
+                     WHERE (as_of, account_id) > ($1, $2) AND as_of < $3
+                     ORDER BY as_of, account_id LIMIT $4",
+                )
+                .bind(at)
+                .bind(&after)
+                .bind(keep_from)
+                .bind(DELETE_BATCH_ROWS)
+                .fetch_all(pool)
+                .await
+                .context("reading the points that crossed the cut")?;
+                let Some((last_at, last_id)) = crossed.last().cloned() else {
+                    break;
+                };
+                let mut ids: Vec<String> = crossed.into_iter().map(|(_, id)| id).collect();
+                ids.sort();
+                ids.dedup();
+                for page in ids.chunks(PRUNE_ACCOUNTS_PER_BATCH as usize) {
+                    done.points += prune_accounts(pool, page, keep_from).await?;
+                    done.accounts_visited += page.len() as u64;
+                }
+                (at, after) = (last_at, last_id);
+            }
         }
     }
+    sqlx::query(
+        "INSERT INTO retention_marks (name, keep_from, ran_at) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET keep_from = EXCLUDED.keep_from, ran_at = EXCLUDED.ran_at",
+    )
+    .bind(PRUNE_MARK)
+    .bind(keep_from)
+    .bind(started)
+    .execute(pool)
+    .await
+    .context("recording the prune's watermark")?;
+    Ok(done)
 }
 
 /// The database's clock (the one `DEFAULT now()` stamps `created_at` with).

@@ -326,10 +326,17 @@ async fn no_periodic_query_scans_a_growing_table() {
          SELECT 'x', 'e', 'd', now() FROM generate_series(1, 5000) i;
          INSERT INTO idempotency_keys (client_id, idempotency_key, account_id, claim_id, state, status, body)
          SELECT 'c', 'k' || i, 'a', gen_random_uuid(), 'answered', 201, '{}' FROM generate_series(1, 5000) i;
-         ANALYZE claims; ANALYZE payout_outbox; ANALYZE dead_letters; ANALYZE idempotency_keys;",
+         INSERT INTO balance_points (account_id, seq, as_of, balance, plan_id, received_at)
+         SELECT 'a' || (i % 100), i, now() - make_interval(secs => 5000 - i), 1, 'p', now() FROM generate_series(1, 5000) i;
+         ANALYZE claims; ANALYZE payout_outbox; ANALYZE dead_letters; ANALYZE idempotency_keys; ANALYZE balance_points;",
     )
     .await;
     let queries = [
+        // maintain's incremental prune: the points that crossed the cut, the accounts paid since.
+        "SELECT as_of, account_id FROM balance_points WHERE (as_of, account_id) > (now() - interval '1 hour', '')
+             AND as_of < now() - interval '50 minutes' ORDER BY as_of, account_id LIMIT 5000",
+        "SELECT DISTINCT account_id FROM interest_payouts
+             WHERE business_date >= (now() AT TIME ZONE 'Asia/Seoul')::date AND accepted_at >= now()",
         "SELECT count(*) FROM claims WHERE state = 'accepted' AND accepted_at < now()",
         "SELECT * FROM claims WHERE claim_id = ANY('{00000000-0000-0000-0000-000000000001}'::uuid[])",
         "SELECT payout_id FROM payout_outbox WHERE published_at IS NULL AND partition = ANY('{0,1}') ORDER BY seq LIMIT 5000",
@@ -481,5 +488,110 @@ async fn the_whole_history_computation_refuses_a_pruned_account() {
         stderr.contains("pruned-1") && stderr.contains("pruned by maintain"),
         "{stderr}"
     );
+    env.drop_db().await;
+}
+
+/// Per account: the points the prune rule needs with `keep_from` (every one
+/// from `cut = least(checkpoint, keep_from)` on, and the latest before it),
+/// as (needed ones missing, unneeded ones left), summed over every account.
+async fn against_the_rule(env: &Env, keep_from: chrono::DateTime<chrono::Utc>, all: &str) -> (i64, i64) {
+    sqlx::query_as(&format!(
+        "WITH cut AS (SELECT account_id, least(coalesce(checkpoint_at, paid_through), $1) AS c FROM accounts),
+              full_history AS ({all}),
+              needed AS (
+                  SELECT h.account_id, h.seq FROM full_history h JOIN cut USING (account_id)
+                  WHERE h.as_of >= cut.c
+                     OR h.seq = (SELECT max(seq) FROM full_history o WHERE o.account_id = h.account_id AND o.as_of < cut.c))
+         SELECT (SELECT count(*) FROM needed n WHERE NOT EXISTS
+                    (SELECT 1 FROM balance_points b WHERE b.account_id = n.account_id AND b.seq = n.seq)),
+                (SELECT count(*) FROM balance_points b WHERE NOT EXISTS
+                    (SELECT 1 FROM needed n WHERE n.account_id = b.account_id AND n.seq = b.seq))"
+    ))
+    .bind(keep_from)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// The incremental prune: after a first pass over every account, a run visits
+/// only the accounts whose points crossed the cut since the previous run, or
+/// that were paid since (a checkpoint moved by a claim), and leaves exactly the
+/// points the rule needs — no needed one pruned, no unneeded one left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incremental_prune_visits_what_changed_and_leaves_exactly_the_needed_points() {
+    use interest_now::store::retention::prune_balance_points_since;
+    let env = Env::new(1).await;
+    let t = chrono::DateTime::from_timestamp(now().timestamp(), 0).unwrap();
+    let days = |n: i64| t - chrono::Duration::days(n);
+    // 20 dormant accounts (a point a day from 40 to 31 days ago, checkpoint
+    // after the last), 3 active ones (a point a day for 40 days, checkpoint a
+    // day ago), 1 with the dormant points whose checkpoint lags behind them
+    // (as after the checkpoint migration: at its first point) until a claim
+    // moves it. A point's as_of is t − (41 − seq) days.
+    exec(
+        &env,
+        &format!(
+            "INSERT INTO accounts (account_id, currency, tax_profile, last_seq, paid_through, checkpoint_at)
+             SELECT 'dormant-' || i, 'USD', 'exempt', 10, '{d30}'::timestamptz, '{d30}'::timestamptz FROM generate_series(1, 20) i
+             UNION ALL SELECT 'active-' || i, 'USD', 'exempt', 40, '{d1}', '{d1}' FROM generate_series(1, 3) i
+             UNION ALL SELECT 'lagging', 'USD', 'exempt', 10, '{d40}', '{d40}';
+             INSERT INTO balance_points (account_id, seq, as_of, balance, plan_id, received_at)
+             SELECT a.account_id, s, '{t}'::timestamptz - make_interval(days => 41 - s), 1000, 'p', now()
+             FROM accounts a, generate_series(1, 40) s WHERE a.account_id LIKE 'active-%' OR s <= 10;",
+            d30 = days(30),
+            d1 = days(1),
+            d40 = days(40),
+        ),
+    )
+    .await;
+    // The rule is checked against the whole history, kept aside.
+    exec(
+        &env,
+        "CREATE TABLE full_history AS SELECT account_id, seq, as_of FROM balance_points",
+    )
+    .await;
+    let all = "SELECT * FROM full_history";
+    let accounts = 24;
+
+    // First run: no watermark, every account.
+    let k1 = days(20);
+    let first = prune_balance_points_since(&env.pool, k1, now()).await.unwrap();
+    assert!(first.full, "{first:?}");
+    assert_eq!(first.accounts_visited, accounts, "{first:?}");
+    // dormant: 9 each (all but the last); active: 19 each (seq 1..=20 before k1, 20 stays);
+    // lagging: nothing (its checkpoint is at its first point).
+    assert_eq!(first.points, 20 * 9 + 3 * 19, "{first:?}");
+    assert_eq!(against_the_rule(&env, k1, all).await, (0, 0));
+
+    // A claim pays 'lagging' (its checkpoint moves past its last point), and keep_from moves 10 days.
+    exec(
+        &env,
+        &format!(
+            "UPDATE accounts SET checkpoint_at = '{t}', paid_through = '{t}' WHERE account_id = 'lagging';
+             INSERT INTO interest_payouts (payout_id, claim_id, account_id, kind, business_date, period_start,
+                 period_end, plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency,
+                 accrued_units, carried_in_units, carried_out_units, dropped_units, idempotency_key, accepted_at, tax_profile)
+             VALUES (gen_random_uuid(), gen_random_uuid(), 'lagging', 'claim', '{today}', '{d40}', '{t}', 'p', '[]',
+                 1, 0, 0, 0, 0, 1, 'USD', 0, 0, 0, 0, 'k', '{t}', 'exempt');",
+            today = business_date(t),
+            d40 = days(40),
+        ),
+    )
+    .await;
+    let k2 = days(10);
+    let second = prune_balance_points_since(&env.pool, k2, now()).await.unwrap();
+    assert!(!second.full, "{second:?}");
+    // Only what changed: the 3 active accounts (10 points each crossed [k1, k2)) and the paid one
+    // (no point of it crossed: found by its payout); none of the 20 dormant ones.
+    assert_eq!(second.accounts_visited, 4, "{second:?}");
+    // active: seq 20..=29 go (30 stays in force at k2); lagging: 9 of its 10 (the last stays).
+    assert_eq!(second.points, 3 * 10 + 9, "{second:?}");
+    assert_eq!(against_the_rule(&env, k2, all).await, (0, 0));
+
+    // Nothing changed: nothing pruned, no dormant account visited.
+    let third = prune_balance_points_since(&env.pool, k2, now()).await.unwrap();
+    assert_eq!(third.points, 0, "{third:?}");
+    assert!(third.accounts_visited <= 1, "only the one paid recently: {third:?}");
+    assert_eq!(against_the_rule(&env, k2, all).await, (0, 0));
     env.drop_db().await;
 }

@@ -8,6 +8,11 @@
 //! rows and bytes per account before and after it (`probe`). Each aged group
 //! has its own fresh "twins" (disjoint fresh accounts, as many), so every
 //! ratio compares the same number of messages under the same conditions.
+//! The past's partitions are created before its rows are written, by the
+//! code of `maintain` (`interest_now::maintain::create_partitions_since`), so
+//! the past's claims, outbox rows and payouts sit in their daily (monthly)
+//! partitions, as a year of `maintain` runs would have left them, and the
+//! measured `maintain` drops the expired ones (`maintain_did`).
 
 mod history;
 mod probe;
@@ -127,6 +132,15 @@ pub async fn aged(o: AgedOptions) -> anyhow::Result<Value> {
 async fn run_on(stack: &mut Stack, o: &AgedOptions) -> anyhow::Result<Value> {
     let cal = calendar(stack.service_now(), o.days);
     let groups = groups(o);
+    // The past's partitions first, as a year of hourly `maintain` runs would
+    // have created them (the same code), so its rows land in them, not in DEFAULT.
+    let t = Instant::now();
+    let partitions = interest_now::maintain::create_partitions_since(stack.pool(), cal.first, cal.now).await?;
+    let partitions_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "bench aged: {} partitions of the past created ({partitions_s:.1} s)",
+        partitions.len()
+    );
     let (written, write_s) = write_past(stack, o, &cal).await?;
     for _ in 0..o.workers {
         stack.spawn("worker", &[]).await?;
@@ -141,6 +155,7 @@ async fn run_on(stack: &mut Stack, o: &AgedOptions) -> anyhow::Result<Value> {
     );
     let mut line = measure(stack, o, &cal, &groups).await?;
     line["history"] = json!({"rows_written_by_sql": written, "write_s": round1(write_s),
+        "partitions_created": partitions.len(), "partitions_s": round1(partitions_s),
         "fresh_create_us_per_snapshot": created_us});
     line["options"] = options_json(o, &cal);
     Ok(line)
@@ -159,7 +174,7 @@ async fn measure(stack: &mut Stack, o: &AgedOptions, cal: &Calendar, groups: &[G
     eprintln!("bench aged: close-day {close}");
     let before = probe::sizes(stack).await?;
     let rows_before = rows_by_group(stack).await?;
-    let (maintain_ms, maintain_note) = maintain(stack)?;
+    let (maintain_ms, maintain_note, maintain_did) = maintain(stack)?;
     let after = if maintain_ms.is_some() {
         probe::sizes(stack).await?
     } else {
@@ -174,12 +189,14 @@ async fn measure(stack: &mut Stack, o: &AgedOptions, cal: &Calendar, groups: &[G
         "claim_ms": claim, "get_interest_ms": get,
         "snapshot_apply_us": {"first_after_sql_history": warm, "in_order": in_order, "late": late},
         "close_day_ms": close,
-        "maintain_ms": maintain_ms, "maintain": maintain_note,
+        "maintain_ms": maintain_ms, "maintain": maintain_note, "maintain_did": maintain_did,
         "per_account": {"before_maintain": before, "after_maintain": after,
             "rows_by_group_before_maintain": rows_before, "rows_by_group_after_maintain": rows_after},
         "ratios": ratios,
         "written_by_sql": ["balance_points (aged, busy, never_paid)", "interest_payouts with tax_profile",
-            "claims", "idempotency_keys", "payout_outbox (published)", "accounts (checkpoint at paid_through)",
+            "claims", "idempotency_keys", "payout_outbox (published)",
+            "the past's partitions, before its rows (maintain::create_partitions_since)",
+            "accounts (checkpoint at paid_through)",
             "daily_accruals and day_closes of the days between day 2 and the last two (filler)"],
         "through_the_real_pipeline": ["fresh accounts (snapshots from the broker)",
             "every checkpoint's first move (one in-order snapshot per account)", "measured snapshots",
@@ -411,16 +428,53 @@ async fn day_activity(stack: &Stack, date: NaiveDate) -> anyhow::Result<Value> {
     Ok(json!({"points": points, "payouts": payouts}))
 }
 
-/// `interest-now maintain`, timed, when the binary has it.
-fn maintain(stack: &Stack) -> anyhow::Result<(Option<u64>, String)> {
+/// `interest-now maintain`, timed, when the binary has it, and what it did
+/// (`maintain_did`).
+fn maintain(stack: &Stack) -> anyhow::Result<(Option<u64>, String, Value)> {
     if !probe::has_maintain(stack) {
         return Ok((
             None,
             "absent: `interest-now maintain --help` failed (not in this binary yet)".into(),
+            Value::Null,
         ));
     }
-    let (ms, _) = probe::timed(stack, &["maintain"])?;
-    Ok((Some(ms), "ran once".into()))
+    let (ms, out) = probe::timed(stack, &["maintain"])?;
+    Ok((Some(ms), "ran once".into(), maintain_did(&out)?))
+}
+
+/// From `maintain`'s JSON line: the partitions dropped per table (count, the
+/// first and the last), what it kept, the keys deleted and the points pruned.
+fn maintain_did(out: &str) -> anyhow::Result<Value> {
+    let line: Value =
+        serde_json::from_str(out.trim()).map_err(|e| anyhow::anyhow!("maintain printed no JSON line ({e}): {out}"))?;
+    let mut dropped: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for name in line["dropped"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        let table = name.rsplit_once("_p").map_or(name, |(t, _)| t);
+        dropped.entry(table.to_owned()).or_default().push(name.to_owned());
+    }
+    let dropped: serde_json::Map<String, Value> = dropped
+        .into_iter()
+        .map(|(t, mut names)| {
+            names.sort();
+            let v = json!({"partitions": names.len(), "first": names.first(), "last": names.last()});
+            (t, v)
+        })
+        .collect();
+    Ok(json!({
+        "dropped": dropped,
+        "created": line["created"].as_array().map_or(0, Vec::len),
+        "kept": line["kept"],
+        "idempotency_keys_deleted": line["idempotency_keys_deleted"],
+        "balance_points_pruned": line["balance_points_pruned"],
+        "balance_points_accounts_visited": line["balance_points_accounts_visited"],
+        "balance_points": line["balance_points"],
+        "elapsed_ms": line["elapsed_ms"],
+    }))
 }
 
 /// Rows per account of each group, per table (`probe::rows_per_account`).
