@@ -100,7 +100,16 @@ struct Summary {
 
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let started = Instant::now();
-    let pool = store::connect_as(&settings.database_url, 2, "interest-now-maintain", false).await?;
+    let pool = store::connect_as(
+        &settings.database_url,
+        2,
+        &store::Session {
+            application_name: "interest-now-maintain",
+            log_statements: false,
+            jit: false,
+        },
+    )
+    .await?;
     let service_now = Clock::new(settings.clock_offset_seconds).now();
     let database_now = retention::database_now(&pool).await?;
     let mut summary = Summary::default();

@@ -156,9 +156,15 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// A pool for a finance command, named [`APPLICATION_NAME`] in `pg_stat_activity`.
+/// A pool for a finance command, named [`APPLICATION_NAME`] in `pg_stat_activity`,
+/// with JIT off ([`crate::store::Session::jit`]).
 pub async fn connect(settings: &Settings, max_connections: u32, quiet: bool) -> anyhow::Result<sqlx::PgPool> {
-    crate::store::connect_as(&settings.database_url, max_connections, APPLICATION_NAME, !quiet).await
+    let session = crate::store::Session {
+        application_name: APPLICATION_NAME,
+        log_statements: !quiet,
+        jit: false,
+    };
+    crate::store::connect_as(&settings.database_url, max_connections, &session).await
 }
 
 /// `application_name` of the finance commands' database sessions.

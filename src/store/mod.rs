@@ -44,26 +44,46 @@ pub type Tx<'a> = Transaction<'a, Postgres>;
 /// multi-host `DATABASE_URL` (or `target_session_attrs=read-write`) gives a
 /// pool that follows a failover to the read-write host ([`failover`]).
 pub async fn connect(url: &secrecy::SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
-    connect_as(url, max_connections, "interest-now", true).await
+    let session = Session {
+        application_name: "interest-now",
+        log_statements: true,
+        jit: true,
+    };
+    connect_as(url, max_connections, &session).await
 }
 
-/// Like [`connect`], with the sessions' `application_name` (how an operator
-/// tells the finance commands from the service in `pg_stat_activity`) and
-/// whether sqlx logs each statement (a report written to stdout wants quiet).
+/// How a pool's sessions present themselves and run.
+pub struct Session<'a> {
+    /// `application_name`: how an operator tells the finance commands from
+    /// the service in `pg_stat_activity`.
+    pub application_name: &'a str,
+    /// Whether sqlx logs each statement (a report written to stdout wants quiet).
+    pub log_statements: bool,
+    /// `false` turns PostgreSQL's JIT off for these sessions. The batch
+    /// commands (close-day, maintain) run thousands of short, index-driven
+    /// statements whose planner estimates grow with the tables; past the
+    /// JIT cost threshold each one paid tens of milliseconds of compilation,
+    /// so a night's close grew with the bank's age (docs/CAPACITY.md, aged).
+    pub jit: bool,
+}
+
+/// Like [`connect`], with the sessions' [`Session`] settings.
 pub async fn connect_as(
     url: &secrecy::SecretString,
     max_connections: u32,
-    application_name: &str,
-    log_statements: bool,
+    session: &Session<'_>,
 ) -> anyhow::Result<PgPool> {
     use sqlx::ConnectOptions;
     let parsed = dburl::DbUrl::parse(url.expose_secret()).map_err(anyhow::Error::msg)?;
     let mut hosts = Vec::with_capacity(parsed.hosts.len());
     for host in parsed.hosts {
         let mut options: PgConnectOptions = host.url.parse().context("DATABASE_URL")?;
-        options = options.application_name(application_name);
-        if !log_statements {
+        options = options.application_name(session.application_name);
+        if !session.log_statements {
             options = options.disable_statement_logging();
+        }
+        if !session.jit {
+            options = options.options([("jit", "off")]);
         }
         hosts.push(failover::Host {
             label: host.label,

@@ -595,3 +595,25 @@ async fn the_incremental_prune_visits_what_changed_and_leaves_exactly_the_needed
     assert_eq!(against_the_rule(&env, k2, all).await, (0, 0));
     env.drop_db().await;
 }
+
+/// The batch commands (close-day, maintain) run their sessions with JIT off;
+/// the service's own sessions keep the server's setting.
+#[tokio::test]
+async fn the_batch_commands_sessions_run_without_jit() {
+    use interest_now::store::{connect, connect_as, Session};
+    let env = Env::new(1).await;
+    let url = secrecy::SecretString::from(env.db_url.clone());
+    let batch = Session {
+        application_name: "interest-now-finance",
+        log_statements: false,
+        jit: false,
+    };
+    let show = |pool: sqlx::PgPool| async move {
+        let v: String = sqlx::query_scalar("SHOW jit").fetch_one(&pool).await.unwrap();
+        v
+    };
+    assert_eq!(show(connect_as(&url, 1, &batch).await.unwrap()).await, "off");
+    let server = show(env.pool.clone()).await;
+    assert_eq!(show(connect(&url, 1).await.unwrap()).await, server);
+    env.drop_db().await;
+}
