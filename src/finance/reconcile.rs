@@ -12,7 +12,12 @@
 //!   every row against the full recomputation from the account's whole
 //!   history (close-day builds D from D−1's row: this audits the chain);
 //! - (c) every payout of D has an outbox row that was published;
-//! - (d) no payout of D overlaps (non-empty periods) another payout of the account.
+//! - (d) no payout of D overlaps (non-empty periods) another payout of the account;
+//! - (e) every `daily_close` payout of D ends where SPEC §2 "Payout period"
+//!   says: at 00:00 KST of its business date (whole days), or at its start
+//!   when that is later (an empty period carrying only an adjustment).
+//!   Continuous periods are not checked here (the finance fixtures write
+//!   synthetic continuous periods by SQL); the engine's tests hold them.
 //!
 //! The database holds most of (a) as CHECK constraints too: this is the pair
 //! across the boundary, and catches what constraints cannot see.
@@ -28,6 +33,7 @@ use sqlx::{PgPool, Row};
 use super::close_day::{compute_whole, Journal, PageAccount};
 use super::{display, kst, major_to_units, units, Day, ReconcileArgs};
 use crate::config::Settings;
+use crate::money::plan::AccrualStyle;
 use crate::money::{Currency, Plans};
 
 /// What failed, for one account.
@@ -70,6 +76,8 @@ pub async fn run(settings: &Settings, args: &ReconcileArgs) -> anyhow::Result<()
     }
     check_outbox(&pool, &day, &mut report).await?;
     check_overlaps(&pool, &day, &mut report).await?;
+    let plans = crate::store::load_plans(&pool, settings.default_plan.as_deref()).await?;
+    check_period_ends(&pool, &plans, &day, &mut report).await?;
     let n = report.problems.len();
     if n == 0 {
         println!("reconcile {}: OK", day.date);
@@ -535,6 +543,75 @@ async fn check_overlaps(pool: &PgPool, day: &Day, report: &mut Report) -> anyhow
     Ok(())
 }
 
+/// Where a payout's period must end (SPEC §2), from its plan's accrual style
+/// (check (e) uses it for `daily_close` payouts).
+pub fn expected_period_end(
+    style: AccrualStyle,
+    kind: &str,
+    business_date: chrono::NaiveDate,
+    period_start: DateTime<Utc>,
+    accepted_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let midnight = crate::money::types::kst_midnight_utc(business_date);
+    let through = match (style, kind) {
+        (AccrualStyle::Continuous, "claim") => {
+            // Instants floor to the second.
+            DateTime::from_timestamp(accepted_at.timestamp(), 0).expect("in range")
+        }
+        _ => midnight,
+    };
+    through.max(period_start)
+}
+
+/// (e) Every period ends where the accrual style says it does.
+async fn check_period_ends(pool: &PgPool, plans: &Plans, day: &Day, report: &mut Report) -> anyhow::Result<()> {
+    let rows = sqlx::query(
+        "SELECT account_id, payout_id::text AS id, kind, plan_id, period_start, period_end, accepted_at
+         FROM interest_payouts WHERE business_date = $1 ORDER BY account_id, period_start",
+    )
+    .bind(day.date)
+    .fetch_all(pool)
+    .await
+    .context("reading the periods of the date's payouts")?;
+    let mut bad = 0;
+    for r in &rows {
+        let plan_id: &str = r.get("plan_id");
+        let Some(plan) = plans.get(plan_id) else {
+            report.fail("e", r.get("account_id"), format!("unknown plan {plan_id}"));
+            bad += 1;
+            continue;
+        };
+        if plan.accrual == AccrualStyle::Continuous {
+            continue;
+        }
+        let end: DateTime<Utc> = r.get("period_end");
+        let want = expected_period_end(
+            plan.accrual,
+            r.get("kind"),
+            day.date,
+            r.get("period_start"),
+            r.get("accepted_at"),
+        );
+        if end != want {
+            let detail = format!(
+                "payout {} ({} plan {plan_id}) ends at {}, expected {}",
+                r.get::<&str, _>("id"),
+                plan.accrual.as_str(),
+                kst(end),
+                kst(want)
+            );
+            report.fail("e", r.get("account_id"), detail);
+            bad += 1;
+        }
+    }
+    if bad == 0 {
+        report
+            .lines
+            .push("(e) periods: every daily-close payout ends at 00:00 KST of its date".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +628,22 @@ mod tests {
             net: Decimal::from(2329),
             units: [2739 * DEN + DEN / 3, 0, DEN / 3, 0],
         }
+    }
+
+    #[test]
+    fn periods_end_where_the_accrual_style_says() {
+        let t = |s: &str| crate::money::types::parse_instant(s).unwrap();
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 3).unwrap();
+        let (start, at) = (t("2026-03-01T09:00:00+09:00"), t("2026-03-03T13:45:10.700+09:00"));
+        let end = |style, kind| expected_period_end(style, kind, date, start, at);
+        assert_eq!(end(AccrualStyle::Continuous, "claim"), t("2026-03-03T13:45:10+09:00"));
+        assert_eq!(end(AccrualStyle::DailyClose, "claim"), t("2026-03-03T00:00:00+09:00"));
+        assert_eq!(end(AccrualStyle::Continuous, "auto"), t("2026-03-03T00:00:00+09:00"));
+        assert_eq!(end(AccrualStyle::DailyClose, "auto"), t("2026-03-03T00:00:00+09:00"));
+        // A period that starts later (nothing accrued, only a carried adjustment) is empty.
+        let late = t("2026-03-03T05:00:00+09:00");
+        let empty = expected_period_end(AccrualStyle::DailyClose, "claim", date, late, at);
+        assert_eq!(empty, late);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 mod checkpoint;
 #[cfg(test)]
 mod checkpoint_tests;
+#[cfg(test)]
+mod period_tests;
 
 pub use checkpoint::{Checkpoint, PlanUse};
 
@@ -491,7 +493,9 @@ impl Account {
     }
 
     /// A customer's claim accepted at `at`: pays everything unpaid through `at`
-    /// (floored to the second), at most `claims_per_day` times per KST date.
+    /// (floored to the second) — for `daily_close` plans through 00:00 KST of
+    /// its business date, the last close it pays (SPEC §2 "Payout period") —
+    /// at most `claims_per_day` times per KST date.
     pub fn claim(&mut self, plans: &Plans, at: DateTime<Utc>, claims_per_day: u32) -> Result<Payout, Refusal> {
         let day = business_date(at);
         if self.claim_day == Some(day) && self.claims_on_day >= claims_per_day {
@@ -500,7 +504,7 @@ impl Account {
             });
         }
         let payout = self
-            .pay(plans, PayoutKind::Claim, at.timestamp(), day, at)
+            .pay(plans, PayoutKind::Claim, self.claim_through(plans, at), day, at)
             .ok_or(Refusal::NothingToClaim)?;
         if self.claim_day == Some(day) {
             self.claims_on_day += 1;
@@ -510,6 +514,18 @@ impl Account {
         }
         self.last_claim_at = Some(self.last_claim_at.map_or(at, |l| l.max(at)));
         Ok(payout)
+    }
+
+    /// The second a claim at `at` pays through. Daily-close accrual earns
+    /// only at day closes, so paying through the claim's instant or through
+    /// the midnight before it is the same money; the period says the latter.
+    /// The store loads a claim's history from that midnight
+    /// (`store::history_needed`) so the checkpoint can be recomputed from it.
+    pub fn claim_through(&self, plans: &Plans, at: DateTime<Utc>) -> EpochSecs {
+        match self.style(plans) {
+            AccrualStyle::Continuous => at.timestamp(),
+            AccrualStyle::DailyClose => kst_midnight(business_date(at)),
+        }
     }
 
     /// The automatic payout for `date`: everything unpaid through 00:00 KST of

@@ -18,7 +18,7 @@ use sqlx::Row;
 use super::{secs_utc, units_parse, units_text, Tx};
 use crate::claims::{Input, Message, NewPoint};
 use crate::money::account::{Checkpoint, PlanUse};
-use crate::money::types::{floor_secs, kst_midnight_utc};
+use crate::money::types::{business_date, floor_secs, kst_midnight_utc};
 use crate::money::{Account, AccountId, Currency, Point, StoredAccount, TaxProfile};
 
 const ACCOUNT_COLUMNS: &str = "account_id, currency, tax_profile, last_seq, paid_through, paid_any,
@@ -53,14 +53,17 @@ impl Needed {
 /// The oldest instant each account's messages in a batch look at: a
 /// snapshot its `as_of` (but never before `oldest_correction`: an older
 /// late snapshot is refused `correction_too_old`, and an in-order one needs
-/// only the last point), a claim its instant, a settlement the end of its date.
+/// only the last point), a claim the midnight that starts its business date
+/// ([`claim_history_from`]), a settlement the end of its date.
 pub fn history_needed(inputs: &[Input], oldest_correction: DateTime<Utc>) -> Needed {
     let mut out: HashMap<String, DateTime<Utc>> = HashMap::new();
     for input in inputs {
         let (id, at) = match &input.message {
             Message::Snapshot { parsed: Ok(s), .. } => (s.account_id.to_string(), s.as_of.max(oldest_correction)),
             Message::Snapshot { .. } => continue,
-            Message::Claim(c) => (c.account_id.to_string(), c.accepted_at),
+            // A daily_close claim pays through 00:00 KST of its business date
+            // (`Account::claim_through`); the style is not known before the load.
+            Message::Claim(c) => (c.account_id.to_string(), claim_history_from(c.accepted_at)),
             Message::Settle { account_id, date, .. } => {
                 let next = date.checked_add_days(Days::new(1)).expect("date in range");
                 (account_id.clone(), kst_midnight_utc(next))
@@ -70,6 +73,13 @@ pub fn history_needed(inputs: &[Input], oldest_correction: DateTime<Utc>) -> Nee
         *e = (*e).min(at);
     }
     Needed::PerAccount(out)
+}
+
+/// A claim's history is needed from the earlier of its instant and 00:00 KST
+/// of its business date, whatever its account's accrual style (for a
+/// continuous account: the points since midnight, a handful at most).
+pub fn claim_history_from(accepted_at: DateTime<Utc>) -> DateTime<Utc> {
+    accepted_at.min(kst_midnight_utc(business_date(accepted_at)))
 }
 
 /// `checkpoint_plans`: one object per plan, in the order of their first point.

@@ -178,7 +178,8 @@ fn daily_close_counts_only_the_closing_balance() {
     // One day (1 March, the first snapshot's day) on the closing 2,000,000 at 3.65%: 200 won.
     let p = payouts(&out);
     assert_eq!(p[0]["gross"], "200");
-    assert_eq!(p[0]["period_end"], "2026-03-02T15:00:00.000+09:00");
+    // SPEC §2: whole KST days — the period ends at 00:00 KST of the claim's business date.
+    assert_eq!(p[0]["period_end"], "2026-03-02T00:00:00.000+09:00");
 }
 
 #[test]

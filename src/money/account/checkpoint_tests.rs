@@ -144,7 +144,8 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
 fn needed(step: &Step) -> i64 {
     match step.event {
         Event::Snapshot { as_of, .. } => as_of.div_euclid(1_000).max(step.now - CORRECTION_WINDOW_SECS - DAY),
-        Event::Claim { at } | Event::View { at } => at,
+        Event::Claim { at } => at.min(kst_midnight(kst_date_of_secs(at))),
+        Event::View { at } => at,
         Event::Settle { date } => kst_midnight(date + Days::new(1)),
     }
 }
