@@ -38,6 +38,75 @@ pub struct Settings {
     /// How long published outbox rows (`payout_outbox`, `dead_letters`) are
     /// kept before `maintain` drops their partition.
     pub outbox_retention: std::time::Duration,
+    /// The workers' consumer liveness: how fast a silent worker's partitions
+    /// move, traded against rebalances a busy but healthy worker might cause.
+    pub kafka_liveness: KafkaLiveness,
+}
+
+/// `KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_HEARTBEAT_INTERVAL_MS`,
+/// `KAFKA_MAX_POLL_INTERVAL_MS`: the consumer group's liveness settings
+/// (docs/RELIABILITY.md, "A cut network and a zombie", for how they were chosen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KafkaLiveness {
+    /// A worker whose heartbeats stop (frozen, cut off, dead) loses its
+    /// partitions after this; the takeover takes about this plus one heartbeat.
+    pub session_timeout_ms: u32,
+    /// How often librdkafka's own thread heartbeats; also how soon the other
+    /// workers hear of a rebalance. At most a third of the session timeout, so
+    /// two lost heartbeats never end a session.
+    pub heartbeat_interval_ms: u32,
+    /// A worker that stops polling this long (a batch stuck on an unreachable
+    /// database) leaves the group, so its partitions move.
+    pub max_poll_interval_ms: u32,
+}
+
+impl KafkaLiveness {
+    /// Today's values, kept until drill 2 has measured a shorter session
+    /// timeout against rebalances under the spike's CPU load (not yet done:
+    /// docs/RELIABILITY.md); a frozen worker's partitions move after ~10 s.
+    pub const DEFAULT: KafkaLiveness = KafkaLiveness {
+        session_timeout_ms: 10_000,
+        heartbeat_interval_ms: 500,
+        max_poll_interval_ms: 60_000,
+    };
+
+    /// Checks the three together (bounds, heartbeat ≤ session / 3, poll
+    /// interval ≥ session); errors are one line naming the setting.
+    pub fn new(
+        session_timeout_ms: u32,
+        heartbeat_interval_ms: u32,
+        max_poll_interval_ms: u32,
+    ) -> Result<Self, ConfigError> {
+        if !(1_000..=300_000).contains(&session_timeout_ms) {
+            return Err(ConfigError(format!(
+                "KAFKA_SESSION_TIMEOUT_MS={session_timeout_ms} must be within 1000..=300000"
+            )));
+        }
+        if heartbeat_interval_ms < 100 || heartbeat_interval_ms.saturating_mul(3) > session_timeout_ms {
+            return Err(ConfigError(format!(
+                "KAFKA_HEARTBEAT_INTERVAL_MS={heartbeat_interval_ms} must be at least 100 and at most a third of KAFKA_SESSION_TIMEOUT_MS ({session_timeout_ms})"
+            )));
+        }
+        if max_poll_interval_ms < session_timeout_ms || max_poll_interval_ms > 3_600_000 {
+            return Err(ConfigError(format!(
+                "KAFKA_MAX_POLL_INTERVAL_MS={max_poll_interval_ms} must be at least KAFKA_SESSION_TIMEOUT_MS ({session_timeout_ms}) and at most 3600000"
+            )));
+        }
+        Ok(KafkaLiveness {
+            session_timeout_ms,
+            heartbeat_interval_ms,
+            max_poll_interval_ms,
+        })
+    }
+
+    fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::DEFAULT;
+        Self::new(
+            parsed("KAFKA_SESSION_TIMEOUT_MS", d.session_timeout_ms)?,
+            parsed("KAFKA_HEARTBEAT_INTERVAL_MS", d.heartbeat_interval_ms)?,
+            parsed("KAFKA_MAX_POLL_INTERVAL_MS", d.max_poll_interval_ms)?,
+        )
+    }
 }
 
 /// One API client: its token and the identity behind it.
@@ -216,6 +285,7 @@ impl Settings {
             plan_reload_secs,
             idempotency_key_ttl: duration_setting("IDEMPOTENCY_KEY_TTL", IDEMPOTENCY_KEY_TTL_DEFAULT)?,
             outbox_retention: duration_setting("OUTBOX_RETENTION", OUTBOX_RETENTION_DEFAULT)?,
+            kafka_liveness: KafkaLiveness::from_env()?,
         })
     }
 
@@ -252,8 +322,31 @@ impl Clock {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_api_tokens, parse_duration};
+    use super::{parse_api_tokens, parse_duration, KafkaLiveness};
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn kafka_liveness_is_checked_as_a_whole_in_one_line() {
+        let d = KafkaLiveness::DEFAULT;
+        let again = KafkaLiveness::new(d.session_timeout_ms, d.heartbeat_interval_ms, d.max_poll_interval_ms);
+        assert_eq!(again.unwrap(), d);
+        assert!(KafkaLiveness::new(3_000, 1_000, 3_000).is_ok());
+        let cases = [
+            (999, 300, 60_000, "KAFKA_SESSION_TIMEOUT_MS=999"),
+            (300_001, 500, 600_000, "KAFKA_SESSION_TIMEOUT_MS=300001"),
+            (2_000, 700, 60_000, "KAFKA_HEARTBEAT_INTERVAL_MS=700"),
+            (2_000, 99, 60_000, "KAFKA_HEARTBEAT_INTERVAL_MS=99"),
+            (10_000, 500, 9_999, "KAFKA_MAX_POLL_INTERVAL_MS=9999"),
+            (2_000, 500, 3_600_001, "KAFKA_MAX_POLL_INTERVAL_MS=3600001"),
+        ];
+        for (s, h, p, names) in cases {
+            let e = KafkaLiveness::new(s, h, p).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("configuration: {names} ")) && !e.contains('\n'),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn durations_take_a_number_and_a_unit() {

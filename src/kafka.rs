@@ -172,6 +172,7 @@ pub async fn send(
 /// Settings for the worker's consumer group.
 pub fn consumer_config(settings: &Settings) -> ClientConfig {
     let mut c = common(settings);
+    let live = settings.kafka_liveness;
     c.set("group.id", &settings.kafka_group_id)
         // Only the partitions that move pause during a rebalance.
         .set("partition.assignment.strategy", "cooperative-sticky")
@@ -180,11 +181,16 @@ pub fn consumer_config(settings: &Settings) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         // A brand-new group reads everything.
         .set("auto.offset.reset", "earliest")
-        // A dead worker's partitions move within seconds.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "500")
-        // A batch takes well under this.
-        .set("max.poll.interval.ms", "60000")
+        // A frozen, cut-off or dead worker's partitions move after the session
+        // timeout (KAFKA_SESSION_TIMEOUT_MS, default 10 s until drill 2 in
+        // docs/RELIABILITY.md has measured a shorter one). Heartbeats come from librdkafka's own thread,
+        // so a worker busy with the spike keeps its session; a third of the
+        // timeout or less, so a rebalance is heard within one interval.
+        .set("session.timeout.ms", live.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", live.heartbeat_interval_ms.to_string())
+        // A batch takes well under this; a worker stuck longer (its database
+        // unreachable) leaves the group so its partitions move.
+        .set("max.poll.interval.ms", live.max_poll_interval_ms.to_string())
         // Low latency for claims: do not wait long for fuller fetches.
         .set("fetch.wait.max.ms", "10")
         .set("fetch.min.bytes", "1")

@@ -132,6 +132,12 @@ Call with (dict "ctx" $ "apiTokens" true) to add API_TOKENS (API pods only).
   value: {{ $v.kafka.groupId | quote }}
 - name: KAFKA_TOPIC_PREFIX
   value: {{ $v.kafka.topicPrefix | quote }}
+- name: KAFKA_SESSION_TIMEOUT_MS
+  value: {{ $v.kafka.sessionTimeoutMs | toString | quote }}
+- name: KAFKA_HEARTBEAT_INTERVAL_MS
+  value: {{ $v.kafka.heartbeatIntervalMs | toString | quote }}
+- name: KAFKA_MAX_POLL_INTERVAL_MS
+  value: {{ $v.kafka.maxPollIntervalMs | toString | quote }}
 - name: HTTP_ADDR
   value: {{ printf "0.0.0.0:%d" (int $v.config.httpPort) | quote }}
 - name: ADMIN_ADDR
