@@ -33,6 +33,7 @@ use crate::money::{Account, AccountId, Plans, Refusal};
 use crate::service::plans;
 use crate::service::problem::problem;
 use crate::service::request;
+use crate::service::reserve::Reserver;
 use crate::store::{self, CLAIM_DONE_CHANNEL};
 use crate::telemetry::Metrics;
 use crate::wire::{self, PayoutJson};
@@ -72,7 +73,9 @@ pub struct ApiInner {
     pub plans: Arc<RwLock<Arc<Plans>>>,
     pub clock: Clock,
     pub metrics: Metrics,
-    pub waiters: Mutex<HashMap<Uuid, oneshot::Sender<Answered>>>,
+    pub waiters: Mutex<HashMap<Uuid, oneshot::Sender<Done>>>,
+    /// Key reservations, group-committed across concurrent requests.
+    pub reserver: Reserver,
     pub in_flight: Arc<Semaphore>,
     pub db_healthy: AtomicBool,
     pub accepting: AtomicBool,
@@ -112,13 +115,18 @@ pub(crate) fn json_ok(body: Value) -> Response {
 }
 
 fn json_response(status: u16, body: Value, replayed: bool) -> Response {
+    text_response(status, body.to_string(), replayed)
+}
+
+/// A response whose body is JSON text already (a worker's stored answer).
+fn text_response(status: u16, body: String, replayed: bool) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let content_type = if status.is_success() {
         "application/json"
     } else {
         "application/problem+json"
     };
-    let mut resp = (status, [(header::CONTENT_TYPE, content_type)], body.to_string()).into_response();
+    let mut resp = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
     if replayed {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -337,20 +345,24 @@ async fn claim(state: &ApiInner, client: ClientId, raw: &str, headers: &HeaderMa
 /// from the row that holds it: its stored answer, its 202, or 409 while
 /// another request still holds it. Nothing is produced unless reserved.
 async fn reserve(c: &Pending<'_>) -> Result<(), Response> {
-    let ttl = c.state.settings.idempotency_key_ttl;
     let stale_ms = (c.state.settings.claim_wait_ms + 3_000) as i64;
     for _ in 0..3 {
-        let attempt = store::reserve_key(
-            &c.state.pools.claims,
-            &c.key,
-            c.account.as_str(),
-            c.claim_id,
-            c.accepted_at,
-            ttl,
-        );
+        let row = store::Reservation {
+            key: c.key.clone(),
+            account_id: c.account.to_string(),
+            claim_id: c.claim_id,
+            accepted_at: c.accepted_at,
+        };
+        let attempt = async {
+            match c.state.reserver.reserve(row).await {
+                Ok(true) => Ok(None),
+                Ok(false) => store::read_key(&c.state.pools.claims, &c.key).await.map(Some),
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
+            }
+        };
         let held = match tokio::time::timeout_at(c.deadline, attempt).await {
-            Ok(Ok(Ok(()))) => return Ok(()),
-            Ok(Ok(Err(held))) => held,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(held))) => held,
             Ok(Err(e)) => {
                 tracing::warn!(event = "key_not_reserved", error = format!("{e:#}"));
                 return Err(refuse(
@@ -463,7 +475,7 @@ impl Pending<'_> {
             }
         }
         match tokio::time::timeout_at(self.deadline, rx).await {
-            Ok(Ok(done)) => answer(&done, &self.account),
+            Ok(Ok(done)) => done.response(),
             _ => self.accepted().await,
         }
     }
@@ -748,24 +760,55 @@ pub async fn listen_for_answers(state: ApiState, shutdown: tokio_util::sync::Can
     }
 }
 
-/// Hands each answer of a notification to its waiting request; returns the
-/// waited-for claims whose answer was too large to travel (sent as a bare id).
+/// A worker's answer to a waiting request: the stored status and body
+/// (JSON text, given as it is) and whether it replays an earlier answer.
+#[derive(Debug)]
+pub struct Done {
+    pub status: u16,
+    pub replayed: bool,
+    pub body: String,
+}
+
+impl Done {
+    fn response(self) -> Response {
+        // The metric's label of a refusal (rare) is read from its small body.
+        let label = match self.status {
+            201 => None,
+            s => serde_json::from_str::<Value>(&self.body)
+                .ok()
+                .and_then(|b| claim_from_stored(s as i16, &b))
+                .as_ref()
+                .and_then(outcome_label),
+        };
+        let mut resp = text_response(self.status, self.body, self.replayed);
+        if let Some(label) = label {
+            resp.extensions_mut().insert(Outcome(label));
+        }
+        resp
+    }
+}
+
+/// Hands each answer of a notification to its waiting request (answers for
+/// other processes' requests are skipped unparsed); returns the waited-for
+/// claims sent as a bare id (their answer is read from `claims`).
 fn hand_over(state: &ApiInner, payload: &str) -> Vec<Uuid> {
-    let items: Vec<Value> = serde_json::from_str(payload).unwrap_or_default();
     let mut missing = Vec::new();
     let mut waiters = state.waiters.lock().expect("waiters");
-    for item in items {
-        let Some(id) = item["claim_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
+    for item in store::parse_done(payload) {
+        let Some(tx) = waiters.remove(&item.claim_id) else {
             continue;
         };
-        let Some(tx) = waiters.remove(&id) else { continue };
-        match serde_json::from_value::<Answered>(item) {
-            Ok(done) => {
-                let _ = tx.send(done);
+        match item.answer {
+            Some(a) => {
+                let _ = tx.send(Done {
+                    status: a.status,
+                    replayed: a.replayed,
+                    body: a.body.to_owned(),
+                });
             }
-            Err(_) => {
-                waiters.insert(id, tx);
-                missing.push(id);
+            None => {
+                waiters.insert(item.claim_id, tx);
+                missing.push(item.claim_id);
             }
         }
     }
@@ -776,9 +819,16 @@ async fn deliver(state: &ApiInner, ids: &[Uuid]) {
     match store::load_claims(&state.pools.claims, ids).await {
         Ok(records) => {
             let mut waiters = state.waiters.lock().expect("waiters");
-            for done in records.iter().filter_map(answered) {
-                if let Some(tx) = waiters.remove(&done.claim_id) {
-                    let _ = tx.send(done);
+            for r in records.iter().filter(|r| r.state == "done") {
+                let (Some(status), Some(body)) = (r.status, &r.body) else {
+                    continue;
+                };
+                if let Some(tx) = waiters.remove(&r.claim_id) {
+                    let _ = tx.send(Done {
+                        status: status as u16,
+                        replayed: r.replayed,
+                        body: body.to_string(),
+                    });
                 }
             }
         }

@@ -239,8 +239,10 @@ async fn api_state(shared: &Shared) -> anyhow::Result<ApiState> {
         reads: store::connect(url, api::READ_POOL_SIZE).await?,
         health: shared.health.clone(),
     };
+    let reserver = crate::service::reserve::Reserver::start(pools.claims.clone(), shared.settings.idempotency_key_ttl);
     Ok(Arc::new(ApiInner {
         settings: shared.settings.clone(),
+        reserver,
         pools,
         pool: shared.pool.clone(),
         reads_in_flight: Arc::new(Semaphore::new(api::READS_IN_FLIGHT_MAX)),

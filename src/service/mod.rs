@@ -15,4 +15,5 @@ pub mod plans;
 pub mod problem;
 pub mod relay;
 pub mod request;
+pub mod reserve;
 pub mod worker;

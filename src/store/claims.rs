@@ -8,7 +8,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::Tx;
-use crate::claims::{Answered, KeyWrite, ScopedKey};
+use crate::claims::{KeyWrite, ScopedKey};
 
 /// An idempotency key's row as the worker reads it.
 #[derive(Debug, Clone)]
@@ -71,7 +71,9 @@ pub struct ClaimResult {
     pub accepted_at: DateTime<Utc>,
     pub business_date: NaiveDate,
     pub status: i16,
-    pub body: serde_json::Value,
+    /// The answer's body as JSON text, serialised once: stored in `claims`
+    /// and `idempotency_keys`, and sent to the waiting API as it is.
+    pub body: String,
     pub payout_id: Option<Uuid>,
     pub replay_of: Option<Uuid>,
     /// What the claim records for its key (`idempotency_keys`), if anything.
@@ -89,7 +91,7 @@ pub async fn store_claim_results(tx: &mut Tx<'_>, results: &[ClaimResult]) -> an
     let accepted: Vec<DateTime<Utc>> = results.iter().map(|r| r.accepted_at).collect();
     let dates: Vec<NaiveDate> = results.iter().map(|r| r.business_date).collect();
     let status: Vec<i16> = results.iter().map(|r| r.status).collect();
-    let bodies: Vec<String> = results.iter().map(|r| r.body.to_string()).collect();
+    let bodies: Vec<&str> = results.iter().map(|r| r.body.as_str()).collect();
     let payouts: Vec<Option<Uuid>> = results.iter().map(|r| r.payout_id).collect();
     let replay: Vec<Option<Uuid>> = results.iter().map(|r| r.replay_of).collect();
     sqlx::query(
@@ -146,7 +148,7 @@ async fn store_key_writes(tx: &mut Tx<'_>, results: &[ClaimResult]) -> anyhow::R
     .bind(rows.iter().map(|r| r.accepted_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| if answered(r) { "answered" } else { "released" }).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| answered(r).then_some(r.status)).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| answered(r).then(|| r.body.to_string())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| answered(r).then_some(r.body.as_str())).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await
     .context("storing idempotency keys")?;
@@ -156,30 +158,95 @@ async fn store_key_writes(tx: &mut Tx<'_>, results: &[ClaimResult]) -> anyhow::R
 /// NOTIFY payloads are limited to 8000 bytes; answers are packed below this.
 const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_800;
 
-/// Wakes API processes waiting on these claims, typed answers included, so they
-/// need no query of their own (delivered at commit). An answer too large for
-/// one payload is sent as its bare id; the API then reads it from `claims`.
-pub async fn notify_claims_done(tx: &mut Tx<'_>, answers: &[Answered]) -> anyhow::Result<()> {
-    let mut payloads: Vec<String> = Vec::new();
-    let mut current = String::from("[");
-    for r in answers {
-        let mut item = serde_json::to_string(r)?;
-        if item.len() + 2 > NOTIFY_PAYLOAD_BYTES_MAX {
-            item = serde_json::to_string(&serde_json::json!({ "claim_id": r.claim_id }))?;
-        }
-        if current.len() + item.len() + 2 > NOTIFY_PAYLOAD_BYTES_MAX {
-            current.push(']');
-            payloads.push(std::mem::replace(&mut current, String::from("[")));
-        }
-        if current.len() > 1 {
-            current.push(',');
-        }
-        current.push_str(&item);
+/// A finished claim as it travels to the waiting API process: its stored
+/// status and body (the HTTP answer, as JSON text) and whether it replays
+/// an earlier claim's answer. Without `status` and body (`None`) it is a
+/// bare id: the answer is in `claims`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimDone<'a> {
+    pub claim_id: Uuid,
+    pub answer: Option<DoneAnswer<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoneAnswer<'a> {
+    pub status: u16,
+    pub replayed: bool,
+    pub body: &'a str,
+}
+
+/// One line per answer: `claim_id TAB status TAB r|- TAB body`, or the bare
+/// `claim_id`. Compact JSON has no raw tab or newline (inside strings they
+/// are escaped), so the API splits lines and fields without parsing the
+/// bodies it does not wait for, and forwards the others' bodies unparsed.
+fn done_line(out: &mut String, d: &ClaimDone<'_>) {
+    use std::fmt::Write;
+    let _ = write!(out, "{}", d.claim_id);
+    if let Some(a) = d.answer {
+        let replayed = if a.replayed { 'r' } else { '-' };
+        let _ = write!(out, "\t{}\t{replayed}\t{}", a.status, a.body);
     }
-    if current.len() > 1 {
-        current.push(']');
+    out.push('\n');
+}
+
+/// The notifications' payloads: answers packed in order, none over the limit.
+/// An answer too large for one payload goes as its bare id.
+pub fn done_payloads(answers: &[ClaimDone<'_>]) -> Vec<String> {
+    let mut payloads: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut line = String::new();
+    for d in answers {
+        line.clear();
+        done_line(&mut line, d);
+        if line.len() > NOTIFY_PAYLOAD_BYTES_MAX {
+            line.clear();
+            done_line(&mut line, &ClaimDone { answer: None, ..*d });
+        }
+        if current.len() + line.len() > NOTIFY_PAYLOAD_BYTES_MAX {
+            payloads.push(std::mem::take(&mut current));
+        }
+        current.push_str(&line);
+    }
+    if !current.is_empty() {
         payloads.push(current);
     }
+    payloads
+}
+
+/// The answers of one notification. A JSON array (`[{"claim_id": …}]`, what
+/// a moved-aside claim sends) holds bare ids; a line that cannot be read is
+/// skipped (its waiter reads `claims` before answering 202).
+pub fn parse_done(payload: &str) -> Vec<ClaimDone<'_>> {
+    if payload.starts_with('[') {
+        let items: Vec<serde_json::Value> = serde_json::from_str(payload).unwrap_or_default();
+        return items
+            .iter()
+            .filter_map(|i| Uuid::parse_str(i["claim_id"].as_str()?).ok())
+            .map(|claim_id| ClaimDone { claim_id, answer: None })
+            .collect();
+    }
+    payload.lines().filter_map(parse_done_line).collect()
+}
+
+fn parse_done_line(line: &str) -> Option<ClaimDone<'_>> {
+    let mut fields = line.splitn(4, '\t');
+    let claim_id = Uuid::parse_str(fields.next()?).ok()?;
+    let Some(status) = fields.next() else {
+        return Some(ClaimDone { claim_id, answer: None });
+    };
+    let status = status.parse().ok()?;
+    let replayed = fields.next()? == "r";
+    let body = fields.next()?;
+    Some(ClaimDone {
+        claim_id,
+        answer: Some(DoneAnswer { status, replayed, body }),
+    })
+}
+
+/// Wakes API processes waiting on these claims, their answers included, so
+/// they need no query of their own (delivered at commit).
+pub async fn notify_claims_done(tx: &mut Tx<'_>, answers: &[ClaimDone<'_>]) -> anyhow::Result<()> {
+    let payloads = done_payloads(answers);
     if !payloads.is_empty() {
         sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
             .bind(CLAIM_DONE_CHANNEL)
@@ -240,21 +307,32 @@ pub struct HeldKey {
     pub age_ms: i64,
 }
 
-/// Reserves `key` for the claim `claim_id` before the claim is produced: a
-/// new row, or one that holds no answer (released) or whose answer expired
-/// (`ttl`). `None`: reserved; otherwise the row that holds the key (read
-/// after the failed reservation: `None` again means try once more).
-pub async fn reserve_key(
+/// One key to reserve for a claim (see [`reserve_keys`]).
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub key: ScopedKey,
+    pub account_id: String,
+    pub claim_id: Uuid,
+    pub accepted_at: DateTime<Utc>,
+}
+
+/// Reserves each key for its claim before the claim is produced, in ONE
+/// statement for all of them: a new row, or one that holds no answer
+/// (released) or whose answer expired (`ttl`). Returns the claims whose key
+/// was reserved; for the others [`read_key`] tells who holds it. The keys
+/// must be distinct (one statement may not touch a row twice). Rows are
+/// inserted in key order, the order every statement and the worker's
+/// `load_keys` lock them in, so concurrent reservations cannot deadlock.
+pub async fn reserve_keys(
     pool: &PgPool,
-    key: &ScopedKey,
-    account_id: &str,
-    claim_id: Uuid,
-    accepted_at: DateTime<Utc>,
+    rows: &[Reservation],
     ttl: std::time::Duration,
-) -> anyhow::Result<Result<(), Option<HeldKey>>> {
-    let reserved = sqlx::query(
+) -> anyhow::Result<std::collections::HashSet<Uuid>> {
+    let reserved = sqlx::query_scalar::<_, Uuid>(
         "INSERT INTO idempotency_keys (client_id, idempotency_key, account_id, claim_id, accepted_at, state)
-         VALUES ($1, $2, $3, $4, $5, 'pending')
+         SELECT c, k, a, id, acc, 'pending'
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[]) AS t(c, k, a, id, acc)
+         ORDER BY c, k
          ON CONFLICT (client_id, idempotency_key) DO UPDATE SET account_id = EXCLUDED.account_id,
             claim_id = EXCLUDED.claim_id, accepted_at = EXCLUDED.accepted_at, state = 'pending',
             status = NULL, body = NULL, created_at = now()
@@ -262,18 +340,21 @@ pub async fn reserve_key(
             OR (idempotency_keys.state = 'answered' AND idempotency_keys.created_at < now() - make_interval(secs => $6))
          RETURNING claim_id",
     )
-    .bind(&key.client)
-    .bind(&key.key)
-    .bind(account_id)
-    .bind(claim_id)
-    .bind(accepted_at)
+    .bind(rows.iter().map(|r| r.key.client.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.key.key.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.account_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.claim_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.accepted_at).collect::<Vec<_>>())
     .bind(ttl.as_secs_f64())
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await
-    .context("reserving the idempotency key")?;
-    if reserved.is_some() {
-        return Ok(Ok(()));
-    }
+    .context("reserving idempotency keys")?;
+    Ok(reserved.into_iter().collect())
+}
+
+/// The row that holds `key`, read after a reservation failed (`None`: it
+/// is gone meanwhile; try once more).
+pub async fn read_key(pool: &PgPool, key: &ScopedKey) -> anyhow::Result<Option<HeldKey>> {
     let held = sqlx::query(
         "SELECT account_id, claim_id, state, status, body::text AS body, accepted_at,
                 (extract(epoch FROM now() - created_at) * 1000)::int8 AS age_ms
@@ -292,7 +373,6 @@ pub async fn reserve_key(
         })
     })
     .transpose()
-    .map(Err)
 }
 
 /// Withdraws the claim `claim_id` while the key is still only reserved for
@@ -344,4 +424,57 @@ pub async fn queue_claim(
     .await
     .context("recording the accepted claim")?;
     Ok(row.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{done_payloads, parse_done, ClaimDone, DoneAnswer, NOTIFY_PAYLOAD_BYTES_MAX};
+    use uuid::Uuid;
+
+    #[test]
+    fn answers_travel_whole_in_order_and_an_oversized_one_as_its_bare_id() {
+        let ids: Vec<Uuid> = (0..400).map(|_| Uuid::now_v7()).collect();
+        // Bodies with escaped tabs and newlines inside strings, as compact JSON has them.
+        let body = serde_json::json!({"detail": "a\tb\nc", "gross": "10"}).to_string();
+        let huge = serde_json::json!({"x": "y".repeat(NOTIFY_PAYLOAD_BYTES_MAX)}).to_string();
+        let answers: Vec<ClaimDone> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| ClaimDone {
+                claim_id: *id,
+                answer: Some(DoneAnswer {
+                    status: if i % 2 == 0 { 201 } else { 409 },
+                    replayed: i % 3 == 0,
+                    body: if i == 7 { &huge } else { &body },
+                }),
+            })
+            .collect();
+        let payloads = done_payloads(&answers);
+        assert!(payloads.len() > 1, "packed into several payloads");
+        assert!(payloads.iter().all(|p| p.len() <= NOTIFY_PAYLOAD_BYTES_MAX));
+        let back: Vec<ClaimDone> = payloads.iter().flat_map(|p| parse_done(p)).collect();
+        let mut expected = answers.clone();
+        expected[7].answer = None;
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn a_json_array_of_bare_ids_is_read_and_unreadable_lines_are_skipped() {
+        let id = Uuid::now_v7();
+        let bare = serde_json::json!([{ "claim_id": id }]).to_string();
+        assert_eq!(
+            parse_done(&bare),
+            vec![ClaimDone {
+                claim_id: id,
+                answer: None
+            }]
+        );
+        let lines = format!("not-a-uuid\t201\t-\t{{}}\n{id}\tx\t-\t{{}}\n{id}\t201\t-\t{{\"a\":1}}\n");
+        let got = parse_done(&lines);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].answer.map(|a| (a.status, a.replayed, a.body)),
+            Some((201, false, "{\"a\":1}"))
+        );
+    }
 }

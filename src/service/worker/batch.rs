@@ -15,9 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use super::{BatchError, Owned, Worker, WorkerContext};
-use crate::claims::{
-    self, Answered, Claim, ClaimDecision, Context, Effects, Input, KeyRecord, KeyState, ScopedKey, State,
-};
+use crate::claims::{self, Claim, ClaimDecision, Context, Effects, Input, KeyRecord, KeyState, ScopedKey, State};
 use crate::kafka::{self, ClaimMessage};
 use crate::money::account::CORRECTION_WINDOW_SECS;
 use crate::money::types::business_date;
@@ -25,7 +23,7 @@ use crate::money::{decode_snapshot, Account, AccountId, IdempotencyKey, Plans};
 use crate::service::api;
 use crate::service::handoff::{OutboxItem, RelayWork};
 use crate::service::plans;
-use crate::store::{self, ClaimResult, NewDeadLetter, OffsetCommit, PayoutRow, Tx};
+use crate::store::{self, ClaimDone, ClaimResult, DoneAnswer, NewDeadLetter, OffsetCommit, PayoutRow, Tx};
 
 pub(super) type Owners = HashMap<(String, i32), Owned>;
 pub(super) type Tp = (String, i32);
@@ -185,15 +183,7 @@ impl Worker {
             self.dead_letters.notify_one();
         }
         if !rows.payouts.is_empty() {
-            let items = rows
-                .payouts
-                .iter()
-                .map(|p| OutboxItem {
-                    payout_id: p.payout_id,
-                    key: p.account_id.clone(),
-                    payload: p.body.to_value().to_string(),
-                })
-                .collect();
+            let items = rows.outbox_items();
             // Waits when the relay is behind: bounded, and order is kept.
             let _ = self.relay.send(RelayWork::Publish(items)).await;
         }
@@ -437,7 +427,6 @@ fn account_of(input: &Input) -> Option<String> {
 struct Rows {
     claims: Vec<ClaimResult>,
     payouts: Vec<PayoutRow>,
-    answered: Vec<Answered>,
     dead_letters: Vec<NewDeadLetter>,
 }
 
@@ -458,21 +447,46 @@ impl Rows {
                 body: p.body.clone(),
             })
             .collect();
-        let answered = fx
-            .claims
-            .iter()
-            .map(|d| Answered {
-                claim_id: d.claim.claim_id,
-                replayed: d.replay_of.is_some(),
-                answer: d.answer.clone(),
-            })
-            .collect();
         Rows {
             claims: fx.claims.iter().map(claim_row).collect(),
             payouts,
-            answered,
             dead_letters: dead_letter_rows(fx, inputs, offsets),
         }
+    }
+
+    /// The answers for the waiting API processes: each claim's stored body as it is.
+    fn answered(&self) -> Vec<ClaimDone<'_>> {
+        self.claims
+            .iter()
+            .map(|r| ClaimDone {
+                claim_id: r.claim_id,
+                answer: Some(DoneAnswer {
+                    status: r.status as u16,
+                    replayed: r.replay_of.is_some(),
+                    body: &r.body,
+                }),
+            })
+            .collect()
+    }
+
+    /// The outbox event of each payout: a claim's payout is its 201 body,
+    /// serialised once already; a settlement's is serialised here.
+    fn outbox_items(&self) -> Vec<OutboxItem> {
+        let bodies: HashMap<Uuid, &str> = self
+            .claims
+            .iter()
+            .filter_map(|r| Some((r.payout_id?, r.body.as_str())))
+            .collect();
+        self.payouts
+            .iter()
+            .map(|p| OutboxItem {
+                payout_id: p.payout_id,
+                key: p.account_id.clone(),
+                payload: bodies
+                    .get(&p.payout_id)
+                    .map_or_else(|| p.body.to_value().to_string(), |b| (*b).to_owned()),
+            })
+            .collect()
     }
 }
 
@@ -511,7 +525,7 @@ fn claim_row(d: &ClaimDecision) -> ClaimResult {
         accepted_at: d.claim.accepted_at,
         business_date: business_date(d.claim.accepted_at),
         status: api::claim_status(&d.answer) as i16,
-        body: api::claim_body(&d.answer, account),
+        body: api::claim_body(&d.answer, account).to_string(),
         payout_id: d.payout_id.as_deref().map(|id| Uuid::parse_str(id).expect("a UUID")),
         replay_of: d.replay_of,
         key_write: d.key_write,
@@ -538,7 +552,7 @@ async fn write(
     if !fenced.is_empty() {
         return Err(BatchError::Fenced(fenced));
     }
-    store::notify_claims_done(tx, &rows.answered).await?;
+    store::notify_claims_done(tx, &rows.answered()).await?;
     Ok(())
 }
 
