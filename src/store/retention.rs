@@ -406,32 +406,7 @@ pub async fn prune_balance_points_since(
                 done.points += prune_accounts(pool, page, keep_from).await?;
                 done.accounts_visited += page.len() as u64;
             }
-            let (mut at, mut after) = (previous, String::new());
-            while at < keep_from {
-                let crossed: Vec<(DateTime<Utc>, String)> = sqlx::query_as(
-                    "SELECT as_of, account_id FROM balance_points
-                     WHERE (as_of, account_id) > ($1, $2) AND as_of < $3
-                     ORDER BY as_of, account_id LIMIT $4",
-                )
-                .bind(at)
-                .bind(&after)
-                .bind(keep_from)
-                .bind(DELETE_BATCH_ROWS)
-                .fetch_all(pool)
-                .await
-                .context("reading the points that crossed the cut")?;
-                let Some((last_at, last_id)) = crossed.last().cloned() else {
-                    break;
-                };
-                let mut ids: Vec<String> = crossed.into_iter().map(|(_, id)| id).collect();
-                ids.sort();
-                ids.dedup();
-                for page in ids.chunks(PRUNE_ACCOUNTS_PER_BATCH as usize) {
-                    done.points += prune_accounts(pool, page, keep_from).await?;
-                    done.accounts_visited += page.len() as u64;
-                }
-                (at, after) = (last_at, last_id);
-            }
+            prune_crossed(pool, previous, keep_from, &mut done).await?;
         }
     }
     sqlx::query(
@@ -445,6 +420,43 @@ pub async fn prune_balance_points_since(
     .await
     .context("recording the prune's watermark")?;
     Ok(done)
+}
+
+/// Prunes the accounts whose points crossed into `[previous, keep_from)`,
+/// walking `balance_points_crossing` in keyset pages.
+async fn prune_crossed(
+    pool: &PgPool,
+    previous: DateTime<Utc>,
+    keep_from: DateTime<Utc>,
+    done: &mut Pruned,
+) -> anyhow::Result<()> {
+    let (mut at, mut after) = (previous, String::new());
+    while at < keep_from {
+        let crossed: Vec<(DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT as_of, account_id FROM balance_points
+             WHERE (as_of, account_id) > ($1, $2) AND as_of < $3
+             ORDER BY as_of, account_id LIMIT $4",
+        )
+        .bind(at)
+        .bind(&after)
+        .bind(keep_from)
+        .bind(DELETE_BATCH_ROWS)
+        .fetch_all(pool)
+        .await
+        .context("reading the points that crossed the cut")?;
+        let Some((last_at, last_id)) = crossed.last().cloned() else {
+            break;
+        };
+        let mut ids: Vec<String> = crossed.into_iter().map(|(_, id)| id).collect();
+        ids.sort();
+        ids.dedup();
+        for page in ids.chunks(PRUNE_ACCOUNTS_PER_BATCH as usize) {
+            done.points += prune_accounts(pool, page, keep_from).await?;
+            done.accounts_visited += page.len() as u64;
+        }
+        (at, after) = (last_at, last_id);
+    }
+    Ok(())
 }
 
 /// The database's clock (the one `DEFAULT now()` stamps `created_at` with).

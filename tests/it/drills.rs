@@ -476,17 +476,13 @@ fn downstream_figures(
     })
 }
 
-/// The timeline per second: answers, p99 wait of the answers, errors, outbox pending.
-fn downstream_timeline(plan: downstream::Plan, run: &DownstreamRun) -> String {
-    let seconds = run
-        .samples
-        .last()
-        .map_or(plan.total_s(), |s| s.second + 1)
-        .max(plan.total_s()) as usize;
+/// Per second of the drill (a claim counts in the second it was answered):
+/// answers, errors (neither 201 nor 202) and the p99 wait in ms.
+fn per_second(claims: &[downstream::Claim], seconds: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut answered = vec![0.0; seconds];
     let mut errors = vec![0.0; seconds];
     let mut waits: Vec<Vec<u128>> = vec![Vec::new(); seconds];
-    for c in &run.claims {
+    for c in claims {
         let s = (c.done_s() as usize).min(seconds - 1);
         answered[s] += 1.0;
         waits[s].push(c.outcome.waited.as_millis());
@@ -501,6 +497,17 @@ fn downstream_timeline(plan: downstream::Plan, run: &DownstreamRun) -> String {
             percentile(w, 99) as f64
         })
         .collect();
+    (answered, errors, p99)
+}
+
+/// The timeline per second: answers, p99 wait of the answers, errors, outbox pending.
+fn downstream_timeline(plan: downstream::Plan, run: &DownstreamRun) -> String {
+    let seconds = run
+        .samples
+        .last()
+        .map_or(plan.total_s(), |s| s.second + 1)
+        .max(plan.total_s()) as usize;
+    let (answered, errors, p99) = per_second(&run.claims, seconds);
     let mut pending = vec![0.0; seconds];
     for s in &run.samples {
         pending[(s.second as usize).min(seconds - 1)] = s.metric.max(0) as f64;
@@ -641,24 +648,7 @@ fn claims_timeline(plan: downstream::Plan, claims: &[downstream::Claim], title: 
         .max()
         .unwrap_or(0)
         .max(plan.total_s()) as usize;
-    let mut answered = vec![0.0; seconds];
-    let mut errors = vec![0.0; seconds];
-    let mut waits: Vec<Vec<u128>> = vec![Vec::new(); seconds];
-    for c in claims {
-        let s = (c.done_s() as usize).min(seconds - 1);
-        answered[s] += 1.0;
-        waits[s].push(c.outcome.waited.as_millis());
-        if !matches!(c.outcome.status, 201 | 202) {
-            errors[s] += 1.0;
-        }
-    }
-    let p99: Vec<f64> = waits
-        .iter_mut()
-        .map(|w| {
-            w.sort_unstable();
-            percentile(w, 99) as f64
-        })
-        .collect();
+    let (answered, errors, p99) = per_second(claims, seconds);
     let series = |title: &str, values: Vec<f64>| timeline::Series {
         title: title.to_owned(),
         values,
