@@ -226,7 +226,7 @@ impl Env {
             log,
             api: Api {
                 http,
-                client: reqwest::Client::new(),
+                client: crate::client(),
                 token: self.tokens.first().cloned().unwrap_or_default(),
             },
         };

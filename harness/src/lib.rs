@@ -22,3 +22,18 @@ mod service;
 pub use broker::PrivateBroker;
 pub use env::{Env, Product, Record, Spec, TOPICS};
 pub use service::{free_addr, wait_ready, Answer, Api, Service};
+
+/// How long a test client keeps an idle keep-alive connection: below the
+/// server's `HTTP_HEADER_READ_TIMEOUT_MS` (5 s), which closes idle
+/// connections. A pool that kept them longer would now and then send a
+/// request on a connection the server is closing, and see it reset.
+pub const CLIENT_POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The HTTP client of the tests: keep-alive, idle connections dropped after
+/// [`CLIENT_POOL_IDLE`].
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(CLIENT_POOL_IDLE)
+        .build()
+        .expect("an HTTP client")
+}

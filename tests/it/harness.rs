@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use interest_now_harness as harness;
 pub use interest_now_harness::clock::{now, offset_to, suite_offset};
-pub use interest_now_harness::{free_addr, Answer, Api, PrivateBroker, Record, Service};
+pub use interest_now_harness::{client, free_addr, Answer, Api, PrivateBroker, Record, Service};
 use sqlx::{PgPool, Row};
 
 pub const TOKEN: &str = "test-token-1";

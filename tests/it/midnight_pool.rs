@@ -71,7 +71,7 @@ async fn a_spike_against_a_paused_worker_keeps_the_api_ready_and_answering() {
     let probes = tokio::spawn({
         let (stop, unready, admin) = (stop.clone(), unready.clone(), api.admin);
         async move {
-            let client = reqwest::Client::new();
+            let client = crate::harness::client();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let r = client.get(format!("http://{admin}/readyz")).send().await;
@@ -165,7 +165,7 @@ async fn reads_stuck_on_a_lock_starve_neither_readiness_nor_claims() {
         let api = svc.api.clone();
         async move { api.claim("lock-1", "k-during-lock").await }
     });
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let mut unready = Vec::new();
     let until = Instant::now() + Duration::from_millis(1_500);
     while Instant::now() < until {

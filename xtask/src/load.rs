@@ -52,6 +52,7 @@ pub async fn fire_claims(
 fn client(concurrency: usize) -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
+        .pool_idle_timeout(interest_now_harness::CLIENT_POOL_IDLE)
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")

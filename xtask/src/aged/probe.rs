@@ -85,7 +85,10 @@ pub async fn get_interest(
     concurrency: usize,
 ) -> anyhow::Result<Vec<(String, Duration)>> {
     use futures::StreamExt;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let client = reqwest::Client::builder()
+        .pool_idle_timeout(interest_now_harness::CLIENT_POOL_IDLE)
+        .timeout(Duration::from_secs(30))
+        .build()?;
     let api = stack.apis[0];
     let results: Vec<anyhow::Result<(String, Duration)>> = futures::stream::iter(ids.iter().cloned())
         .map(|id| {
