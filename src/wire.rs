@@ -8,9 +8,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::money::accrual::{Span, DISPLAY_DECIMALS};
+use crate::money::explain::Explanation;
 use crate::money::plan::TierJson;
 use crate::money::types::format_instant;
-use crate::money::{AccountId, AppliedRates, Currency, Minor, Payout, View};
+use crate::money::{AccountId, Accrued, AppliedRates, Currency, Minor, Payout, View, ACCRUAL_DENOMINATOR};
+use chrono::{TimeZone, Utc};
+use rust_decimal::Decimal;
 
 /// A payout as the API, the outbox event and `simulate` show it (SPEC §5).
 /// Reading a stored body back ignores fields it does not know, so a body
@@ -105,5 +109,96 @@ pub fn view(v: &View, account_id: &AccountId, currency: Currency) -> Value {
         "as_of": format_instant(v.as_of),
         "last_claim_at": v.last_claim_at.map(format_instant),
         "next_claim_at": format_instant(v.next_claim_at),
+    })
+}
+
+/// A late snapshot that corrected already-paid interest, as an explanation
+/// lists it under `adjustment`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CorrectionJson {
+    pub seq: u64,
+    pub as_of: String,
+    pub balance: String,
+    pub received_at: String,
+}
+
+/// An explanation's wire form (`GET /v1/payouts/{id}?explain=true` and
+/// `simulate --explain`). Every exact amount is `{"amount", "units"}`: the
+/// amount a decimal of the currency truncated toward zero at
+/// `display_decimals` places past the minor unit, `units` the exact integer
+/// count of `1 / units_per_minor` of a minor unit.
+pub fn explanation(e: &Explanation, currency: Currency, corrections: &[CorrectionJson]) -> Value {
+    use serde_json::json;
+    let digits = currency.minor_digits();
+    let exact = |a: Accrued| json!({ "amount": a.to_display(digits).to_string(), "units": a.0.to_string() });
+    let amt = |m: Minor| currency.to_decimal(m).to_string();
+    let instant = |s: i64| format_instant(Utc.timestamp_opt(s, 0).single().expect("in range"));
+    let intervals: Vec<Value> = e
+        .intervals
+        .iter()
+        .map(|i| {
+            let tiers: Vec<Value> = i
+                .entry
+                .tier_parts(i.point.balance)
+                .map(|t| {
+                    json!({
+                        "from": amt(t.from),
+                        "up_to": t.tier.up_to.map(amt),
+                        "part": amt(t.part),
+                        "rate_percent": t.tier.rate.to_decimal().to_string(),
+                    })
+                })
+                .collect();
+            let (count_key, count) = match i.span {
+                Span::Seconds(n) => ("seconds", n),
+                Span::Days(n) => ("days", n),
+            };
+            json!({
+                "from": instant(i.from),
+                "to": instant(i.to),
+                "snapshot_seq": i.point.seq,
+                "balance": amt(i.point.balance),
+                "plan": i.plan.id,
+                "accrual": i.plan.accrual.as_str(),
+                "day_count": i.plan.day_count.as_str(),
+                "year_days": i.year_days,
+                "rate_effective_from": format_instant(i.entry.effective_from),
+                "tiers": tiers,
+                count_key: count,
+                "accrued": exact(i.units),
+            })
+        })
+        .collect();
+    let taxes: Vec<Value> = e
+        .taxes
+        .iter()
+        .map(|t| {
+            json!({
+                "tax": t.kind.as_str(),
+                "base": amt(t.base),
+                "rate_percent": (Decimal::from(t.rate_num) * Decimal::from(100) / Decimal::from(t.rate_den))
+                    .normalize()
+                    .to_string(),
+                "truncated_to": amt(Minor(t.step)),
+                "amount": amt(t.amount),
+            })
+        })
+        .collect();
+    json!({
+        "display_decimals": DISPLAY_DECIMALS,
+        "units_per_minor": ACCRUAL_DENOMINATOR.to_string(),
+        "intervals": intervals,
+        "accrued": exact(e.accrued),
+        "carry_in": exact(e.carry_in),
+        "adjustment": { "amount": exact(e.adjustment_in)["amount"], "units": e.adjustment_in.0.to_string(),
+                        "snapshots": corrections },
+        "total": exact(e.total),
+        "gross": { "amount": amt(e.gross), "rounding": "floor of total to the minor unit" },
+        "remainder": exact(e.remainder),
+        "fraction": e.fraction.as_str(),
+        "carried_out": exact(e.carried_out),
+        "dropped": exact(e.dropped),
+        "taxes": taxes,
+        "net": amt(e.net),
     })
 }

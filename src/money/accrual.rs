@@ -17,8 +17,8 @@
 //! 10^15 won at 100% for 100 years is 10^15 × 10^8 × 4 453 × 3.2 × 10^9 ≈
 //! 1.4 × 10^36 units, below `i128::MAX` ≈ 1.7 × 10^38.
 
-use super::plan::{AccrualStyle, Plan, Plans};
-use super::types::{kst_date_of_secs, kst_midnight, kst_new_year, EpochSecs, Minor, SECS_PER_DAY};
+use super::plan::{AccrualStyle, DayCount, Plan, Plans, ScheduleEntry};
+use super::types::{kst_date_of_secs, kst_midnight, kst_new_year, kst_year_of_secs, EpochSecs, Minor, SECS_PER_DAY};
 use chrono::{DateTime, Datelike, Days, Utc};
 use rust_decimal::Decimal;
 
@@ -99,57 +99,110 @@ impl Point {
     }
 }
 
+/// What one [`Interval`] counts: whole seconds (continuous) or day closes (daily_close).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    Seconds(i64),
+    Days(i64),
+}
+
+/// One stretch of constant accrual: one balance under one schedule entry and
+/// one year length. `units = weighted × (lcm / year_days) × seconds` (a day
+/// close counts 86,400 seconds). [`accrue`] is the sum of its intervals, and
+/// the payout explanation lists the same intervals: both come from [`walk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval<'a> {
+    /// `[from, to)` for continuous seconds; for a day close, the KST day
+    /// ending at `to` (00:00 KST of the next day), `from = to − 1 day`.
+    pub from: EpochSecs,
+    pub to: EpochSecs,
+    pub point: &'a Point,
+    pub plan: &'a Plan,
+    pub entry: &'a ScheduleEntry,
+    pub year_days: i64,
+    pub span: Span,
+    pub units: Accrued,
+}
+
 /// Units of one second of interest on `weighted` (Σ part × micro-percent).
 fn units_per_second(weighted: i128, year_days: i64) -> i128 {
     // Exact: YEAR_DAYS_LCM is a multiple of every year length.
     weighted * (YEAR_DAYS_LCM / year_days as i128)
 }
 
-/// Interest on a constant `balance` under `plan` for the seconds `[from, to)`,
-/// split exactly at rate changes and (ACT/ACT) at KST new years.
-pub fn accrue_constant(plan: &Plan, balance: Minor, from: EpochSecs, to: EpochSecs) -> Accrued {
-    if to <= from || balance.0 == 0 {
-        return Accrued::ZERO;
+/// The intervals of a constant balance (`point`) under `plan` for the seconds
+/// `[from, to)`, split exactly at rate changes and (ACT/ACT) at KST new years.
+fn walk_constant<'a>(
+    plan: &'a Plan,
+    point: &'a Point,
+    from: EpochSecs,
+    to: EpochSecs,
+    visit: &mut impl FnMut(Interval<'a>),
+) {
+    if to <= from || point.balance.0 == 0 {
+        return;
     }
     let mut cuts: Vec<EpochSecs> = plan.changes_between(from, to).collect();
-    if plan.day_count == super::plan::DayCount::ActAct {
-        let (y0, y1) = (
-            super::types::kst_year_of_secs(from),
-            super::types::kst_year_of_secs(to - 1),
-        );
+    if plan.day_count == DayCount::ActAct {
+        let (y0, y1) = (kst_year_of_secs(from), kst_year_of_secs(to - 1));
         cuts.extend((y0 + 1..=y1).map(kst_new_year));
     }
     cuts.push(to);
     cuts.sort_unstable();
-    let mut total = Accrued::ZERO;
     let mut start = from;
     for end in cuts {
         if end <= start {
             continue;
         }
         if let Some(entry) = plan.entry_at(start) {
-            let per_sec = units_per_second(entry.weighted_balance(balance), plan.day_count.year_days_at(start));
-            total = total + Accrued(per_sec * (end - start) as i128);
+            let year_days = plan.day_count.year_days_at(start);
+            let per_sec = units_per_second(entry.weighted_balance(point.balance), year_days);
+            visit(Interval {
+                from: start,
+                to: end,
+                point,
+                plan,
+                entry,
+                year_days,
+                span: Span::Seconds(end - start),
+                units: Accrued(per_sec * (end - start) as i128),
+            });
         }
         start = end;
     }
+}
+
+/// Interest on a constant `balance` under `plan` for the seconds `[from, to)`.
+pub fn accrue_constant(plan: &Plan, balance: Minor, from: EpochSecs, to: EpochSecs) -> Accrued {
+    let point = Point {
+        seq: 0,
+        as_of: DateTime::<Utc>::UNIX_EPOCH,
+        balance,
+        plan: String::new(),
+    };
+    let mut total = Accrued::ZERO;
+    walk_constant(plan, &point, from, to, &mut |i| total = total + i.units);
     total
 }
 
 /// One day's interest under a `daily_close` plan for the KST day whose close is
 /// `close` (00:00 KST of the next day): the balance and rate in force during the
 /// day's last second.
-fn accrue_day(plan: &Plan, balance: Minor, close: EpochSecs) -> Accrued {
+fn walk_day<'a>(plan: &'a Plan, point: &'a Point, close: EpochSecs, visit: &mut impl FnMut(Interval<'a>)) {
     let last_second = close - 1;
-    match plan.entry_at(last_second) {
-        Some(entry) => {
-            let per_sec = units_per_second(
-                entry.weighted_balance(balance),
-                plan.day_count.year_days_at(last_second),
-            );
-            Accrued(per_sec * SECS_PER_DAY as i128)
-        }
-        None => Accrued::ZERO,
+    if let Some(entry) = plan.entry_at(last_second) {
+        let year_days = plan.day_count.year_days_at(last_second);
+        let per_sec = units_per_second(entry.weighted_balance(point.balance), year_days);
+        visit(Interval {
+            from: close - SECS_PER_DAY,
+            to: close,
+            point,
+            plan,
+            entry,
+            year_days,
+            span: Span::Days(1),
+            units: Accrued(per_sec * SECS_PER_DAY as i128),
+        });
     }
 }
 
@@ -167,42 +220,62 @@ pub fn point_at(points: &[Point], s: EpochSecs) -> Option<&Point> {
 /// point in force during second `C - 1`. Both conventions split additively at
 /// any point: accrue(a, b) + accrue(b, c) = accrue(a, c).
 pub fn accrue(plans: &Plans, points: &[Point], from: EpochSecs, to: EpochSecs) -> Accrued {
-    if to <= from || points.is_empty() {
-        return Accrued::ZERO;
-    }
-    let plan_of = |p: &Point| plans.get(&p.plan).expect("timeline plans are validated on entry");
     let mut total = Accrued::ZERO;
+    walk(plans, points, from, to, &mut |i| total = total + i.units);
+    total
+}
+
+/// The intervals [`accrue`] sums, in time order, each with a non-zero rate entry.
+pub fn intervals<'a>(plans: &'a Plans, points: &'a [Point], from: EpochSecs, to: EpochSecs) -> Vec<Interval<'a>> {
+    let mut out = Vec::new();
+    walk(plans, points, from, to, &mut |i| out.push(i));
+    out
+}
+
+/// Visits every interval of accrual on `points` between `from` and `to` (see [`accrue`]).
+pub fn walk<'a>(
+    plans: &'a Plans,
+    points: &'a [Point],
+    from: EpochSecs,
+    to: EpochSecs,
+    visit: &mut impl FnMut(Interval<'a>),
+) {
+    if to <= from || points.is_empty() {
+        return;
+    }
+    let plan_of = |p: &Point| -> &'a Plan { plans.get(&p.plan).expect("timeline plans are validated on entry") };
+    let mut any_daily = false;
     // Continuous segments.
     for (i, p) in points.iter().enumerate() {
         let plan = plan_of(p);
         if plan.accrual != AccrualStyle::Continuous {
+            any_daily = true;
             continue;
         }
         let seg_end = points.get(i + 1).map(|n| n.at()).unwrap_or(EpochSecs::MAX);
-        let (a, b) = (p.at().max(from), seg_end.min(to));
-        total = total + accrue_constant(plan, p.balance, a, b);
+        walk_constant(plan, p, p.at().max(from), seg_end.min(to), visit);
+    }
+    if !any_daily {
+        return;
     }
     // Daily closes in (from, to].
-    if points.iter().any(|p| plan_of(p).accrual == AccrualStyle::DailyClose) {
-        let mut day = kst_date_of_secs(from);
-        loop {
-            let close = kst_midnight(day.checked_add_days(Days::new(1)).expect("date in range"));
-            if close > to {
-                break;
-            }
-            if close > from {
-                if let Some(p) = point_at(points, close - 1) {
-                    let plan = plan_of(p);
-                    if plan.accrual == AccrualStyle::DailyClose {
-                        total = total + accrue_day(plan, p.balance, close);
-                    }
+    let mut day = kst_date_of_secs(from);
+    loop {
+        let close = kst_midnight(day.checked_add_days(Days::new(1)).expect("date in range"));
+        if close > to {
+            break;
+        }
+        if close > from {
+            if let Some(p) = point_at(points, close - 1) {
+                let plan = plan_of(p);
+                if plan.accrual == AccrualStyle::DailyClose && p.balance.0 != 0 {
+                    walk_day(plan, p, close, visit);
                 }
             }
-            day = day.checked_add_days(Days::new(1)).expect("date in range");
-            debug_assert!(day.year() < 10_000);
         }
+        day = day.checked_add_days(Days::new(1)).expect("date in range");
+        debug_assert!(day.year() < 10_000);
     }
-    total
 }
 
 /// Interest per second at second `s` as a decimal of major units, for the

@@ -10,6 +10,7 @@
 
 pub mod account;
 pub mod accrual;
+pub mod explain;
 pub mod plan;
 pub mod snapshot;
 pub mod tax;

@@ -106,19 +106,36 @@ impl ScheduleEntry {
     /// Σ over tiers of (part of `balance` inside the tier) × (tier rate in
     /// millionths of a percent). Exact integer arithmetic.
     pub fn weighted_balance(&self, balance: Minor) -> i128 {
+        self.tier_parts(balance)
+            .map(|t| t.part.0 as i128 * t.tier.rate.micro_percent() as i128)
+            .sum()
+    }
+
+    /// The parts of `balance` inside each tier it reaches, lowest first.
+    pub fn tier_parts(&self, balance: Minor) -> impl Iterator<Item = TierPart<'_>> {
         let mut below: i64 = 0;
-        let mut sum: i128 = 0;
-        for tier in &self.tiers {
+        self.tiers.iter().map_while(move |tier| {
             let top = tier.up_to.map(|m| m.0).unwrap_or(i64::MAX);
             if balance.0 <= below {
-                break;
+                return None;
             }
-            let part = balance.0.min(top) - below;
-            sum += part as i128 * tier.rate.micro_percent() as i128;
+            let part = TierPart {
+                tier,
+                from: Minor(below),
+                part: Minor(balance.0.min(top) - below),
+            };
             below = top;
-        }
-        sum
+            Some(part)
+        })
     }
+}
+
+/// The part of a balance inside one tier: `(from, from + part]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierPart<'a> {
+    pub tier: &'a Tier,
+    pub from: Minor,
+    pub part: Minor,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

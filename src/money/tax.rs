@@ -23,36 +23,86 @@ fn truncated(amount: i64, num: i64, den: i64, step: i64) -> Minor {
     Minor((exact_floor * step as i128) as i64)
 }
 
-/// Withholding on `gross` for `profile`:
+/// Which tax a [`TaxLine`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaxKind {
+    Income,
+    Local,
+    Rural,
+}
+
+impl TaxKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaxKind::Income => "income_tax",
+            TaxKind::Local => "local_tax",
+            TaxKind::Rural => "rural_tax",
+        }
+    }
+}
+
+/// One tax of a payout: `amount = base × rate_num / rate_den`, truncated
+/// (rounded down) to a multiple of `step` minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaxLine {
+    pub kind: TaxKind,
+    /// `gross` for income and rural tax, the income tax for local tax.
+    pub base: Minor,
+    pub rate_num: i64,
+    pub rate_den: i64,
+    pub step: i64,
+    pub amount: Minor,
+}
+
+fn line(kind: TaxKind, base: Minor, rate_num: i64, rate_den: i64, step: i64) -> TaxLine {
+    TaxLine {
+        kind,
+        base,
+        rate_num,
+        rate_den,
+        step,
+        amount: truncated(base.0, rate_num, rate_den, step),
+    }
+}
+
+/// The tax lines on `gross` for `profile` (what [`withhold`] adds up):
 /// - standard: income tax 14% of gross, local tax 10% of the income tax;
 /// - preferential: income tax 9% of gross, rural special tax 0.5% of gross;
-/// - exempt: nothing.
+/// - exempt: none.
 ///
-/// Every component is truncated to the currency's tax step (10 won for KRW).
-pub fn withhold(gross: Minor, profile: TaxProfile, currency: Currency) -> Withholding {
+/// Every line is truncated to the currency's tax step (10 won for KRW).
+pub fn tax_lines(gross: Minor, profile: TaxProfile, currency: Currency) -> Vec<TaxLine> {
     assert!(gross.0 >= 0, "gross must be non-negative");
     let step = currency.tax_step_minor();
-    let w = match profile {
+    match profile {
         TaxProfile::Standard => {
-            let income_tax = truncated(gross.0, 14, 100, step);
-            let local_tax = truncated(income_tax.0, 10, 100, step);
-            Withholding {
-                income_tax,
-                local_tax,
-                rural_tax: Minor(0),
-            }
+            let income = line(TaxKind::Income, gross, 14, 100, step);
+            let local = line(TaxKind::Local, income.amount, 10, 100, step);
+            vec![income, local]
         }
-        TaxProfile::Preferential => Withholding {
-            income_tax: truncated(gross.0, 9, 100, step),
-            local_tax: Minor(0),
-            rural_tax: truncated(gross.0, 5, 1000, step),
-        },
-        TaxProfile::Exempt => Withholding {
-            income_tax: Minor(0),
-            local_tax: Minor(0),
-            rural_tax: Minor(0),
-        },
+        TaxProfile::Preferential => vec![
+            line(TaxKind::Income, gross, 9, 100, step),
+            line(TaxKind::Rural, gross, 5, 1000, step),
+        ],
+        TaxProfile::Exempt => Vec::new(),
+    }
+}
+
+/// Withholding on `gross` for `profile`: the sum of its [`tax_lines`] per kind.
+pub fn withhold(gross: Minor, profile: TaxProfile, currency: Currency) -> Withholding {
+    let mut w = Withholding {
+        income_tax: Minor(0),
+        local_tax: Minor(0),
+        rural_tax: Minor(0),
     };
+    for l in tax_lines(gross, profile, currency) {
+        let slot = match l.kind {
+            TaxKind::Income => &mut w.income_tax,
+            TaxKind::Local => &mut w.local_tax,
+            TaxKind::Rural => &mut w.rural_tax,
+        };
+        *slot = l.amount;
+    }
     // Paired assertion with the database CHECK constraints.
     assert!(w.total().0 <= gross.0, "taxes exceed gross");
     w

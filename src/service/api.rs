@@ -88,6 +88,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/accounts/{account_id}/interest", get(get_interest))
         .route("/v1/accounts/{account_id}/interest/claims", post(post_claim))
         .route("/v1/claims/{claim_id}", get(get_claim))
+        .route("/v1/payouts/{payout_id}", get(crate::service::history::get_payout))
         .route(
             "/v1/accounts/{account_id}/interest/payouts",
             get(crate::service::history::get_payouts),

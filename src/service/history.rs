@@ -12,9 +12,13 @@ use chrono::{DateTime, NaiveDate};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::money::accrual::Point;
+use crate::money::explain::explain;
 use crate::money::types::parse_date;
+use crate::money::Plans;
 use crate::service::api::{self, problem_response, ApiState, RawPath};
 use crate::store::{self, HistoryCursor, HistoryQuery};
+use crate::wire;
 
 pub const PAGE_DEFAULT: u32 = 20;
 pub const PAGE_MAX: u32 = 100;
@@ -85,6 +89,93 @@ pub async fn get_statement(
             api::json_ok(json!({ "account_id": account, "year": year, "months": months, "totals": totals }))
         }
     }
+}
+
+/// `GET /v1/payouts/{payout_id}[?explain=true]`: one payout, and with
+/// `explain=true` how the engine computed it (`money::explain`). The
+/// explanation is replayed from the stored balance points and must reproduce
+/// every stored amount exactly; when it cannot (the period's points are past
+/// retention) the answer is 410 `explanation_expired`, never a wrong story.
+pub async fn get_payout(
+    State(state): State<ApiState>,
+    raw: RawPath,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let Ok(id) = Uuid::parse_str(&api::path_text(raw)) else {
+        return problem_response("invalid_payout_id", 400, "payout ids are UUIDs");
+    };
+    let explain = match query.as_ref().map(|Query(p)| p) {
+        Err(_) => return invalid("the query string is malformed"),
+        Ok(p) if p.keys().any(|k| k != "explain") => return invalid("the only parameter is explain"),
+        Ok(p) => match p.get("explain").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return invalid("explain is true or false"),
+        },
+    };
+    let Ok(_permit) = state.reads_in_flight.clone().try_acquire_owned() else {
+        return problem_response("overloaded", 503, "too many reads in flight");
+    };
+    let unavailable = |e: anyhow::Error| {
+        tracing::warn!(event = "payout_read_failed", error = format!("{e:#}"));
+        problem_response("unavailable", 503, "the database is unavailable")
+    };
+    let stored = match store::payout_by_id(&state.pools.reads, id).await {
+        Err(e) => return unavailable(e),
+        Ok(None) => return problem_response("unknown_payout", 404, format!("no payout {id}")),
+        Ok(Some(p)) => p,
+    };
+    let mut body = stored.json.to_value();
+    if explain {
+        let inputs = match store::explain_inputs(&state.pools.reads, &stored).await {
+            Err(e) => return unavailable(e),
+            Ok(i) => i,
+        };
+        let plans = state.plans.read().expect("plans lock").clone();
+        match explain_stored(&plans, &stored, &inputs) {
+            Some(e) => body["explanation"] = e,
+            None => {
+                return problem_response(
+                    "explanation_expired",
+                    410,
+                    "the balance history of this payout's period is no longer kept, so it cannot be replayed",
+                )
+            }
+        }
+    }
+    api::json_ok(body)
+}
+
+/// The explanation of a stored payout, if one reproduces it exactly: first
+/// on the points received by the time it was paid, then on every point now
+/// known (the service and database clocks may disagree by a little).
+fn explain_stored(plans: &Plans, p: &store::StoredPayout, inputs: &store::ExplainInputs) -> Option<serde_json::Value> {
+    let by_then: Vec<Point> = inputs
+        .points
+        .iter()
+        .filter(|(_, received)| *received <= p.paid_at)
+        .map(|(pt, _)| pt.clone())
+        .collect();
+    let all: Vec<Point> = inputs.points.iter().map(|(pt, _)| pt.clone()).collect();
+    let plan = plans.get(&p.json.plan)?;
+    if all.iter().any(|pt| plans.get(&pt.plan).is_none()) {
+        return None;
+    }
+    [by_then, all].iter().find_map(|points| {
+        let e = explain(
+            plans,
+            points,
+            (p.paid.period_start, p.paid.period_end),
+            inputs.carry_in,
+            p.paid.carried_in - inputs.carry_in,
+            plan.fraction,
+            p.tax_profile,
+            p.currency,
+        );
+        e.reproduces(&p.paid)
+            .ok()
+            .map(|()| wire::explanation(&e, p.currency, &inputs.corrections))
+    })
 }
 
 fn invalid(detail: impl Into<String>) -> Response {

@@ -85,7 +85,7 @@ async fn account_exists(pool: &PgPool, account_id: &str) -> anyhow::Result<bool>
 }
 
 /// A stored payout in its wire form (SPEC §5), as the 201 showed it.
-fn payout_json(r: &sqlx::postgres::PgRow) -> anyhow::Result<PayoutJson> {
+pub(super) fn payout_json(r: &sqlx::postgres::PgRow) -> anyhow::Result<PayoutJson> {
     let text = |c: &str| -> String { r.get(c) };
     let instant = |c: &str| format_instant(r.get::<DateTime<Utc>, _>(c));
     Ok(PayoutJson {

@@ -240,3 +240,162 @@ async fn statements_add_up_to_the_monthly_withholding_report() {
     assert_eq!(out.status.code(), Some(2));
     env.drop_db().await;
 }
+
+/// Sums an explanation's parts the way a reader would, and checks them
+/// against the payout it explains: Σ intervals = accrued; accrued + carry +
+/// adjustment = total; floor(total) = gross; gross − Σ taxes = net.
+fn assert_explanation_adds_up(body: &Value) {
+    use rust_decimal::Decimal;
+    let e = &body["explanation"];
+    let units = |v: &Value| v["units"].as_str().unwrap().parse::<i128>().unwrap();
+    let dec = |v: &Value| v.as_str().unwrap().parse::<Decimal>().unwrap();
+    let per_minor: i128 = e["units_per_minor"].as_str().unwrap().parse().unwrap();
+    let intervals = e["intervals"].as_array().unwrap();
+    let summed: i128 = intervals.iter().map(|i| units(&i["accrued"])).sum();
+    assert_eq!(summed, units(&e["accrued"]), "{e}");
+    let total = units(&e["accrued"]) + units(&e["carry_in"]) + units(&e["adjustment"]);
+    assert_eq!(total, units(&e["total"]));
+    let gross = total.div_euclid(per_minor);
+    assert_eq!(Decimal::from(gross as i64), dec(&body["gross"]), "floor of the total");
+    assert_eq!(dec(&e["gross"]["amount"]), dec(&body["gross"]));
+    assert_eq!(total - gross * per_minor, units(&e["remainder"]));
+    let taxes: Decimal = e["taxes"].as_array().unwrap().iter().map(|t| dec(&t["amount"])).sum();
+    assert_eq!(dec(&body["gross"]) - taxes, dec(&body["net"]));
+    assert_eq!(dec(&e["net"]), dec(&body["net"]));
+    for t in e["taxes"].as_array().unwrap() {
+        assert_eq!(dec(&body[t["tax"].as_str().unwrap()]), dec(&t["amount"]), "{t}");
+    }
+}
+
+/// `GET /v1/payouts/{id}?explain=true` (issue 12 item 2) on the real
+/// database: a tiered continuous payout over two balances, the next payout
+/// bringing in the correction a late snapshot made (listed with it), a
+/// `daily_close` payout of whole days whose account's checkpoint is past
+/// midnight, and 410 once the period's points are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_explains_itself_exactly() {
+    let env = Env::new(2).await;
+    let svc = env.serve("all", &[("CLAIMS_PER_DAY", "5")]).await;
+    let t = now();
+    env.snapshot_on("tiered", "ex-1", 1, "80000000000", &format_instant(t - Dur::hours(3)))
+        .await;
+    env.snapshot_on("tiered", "ex-1", 3, "30000000", &format_instant(t - Dur::hours(1)))
+        .await;
+    env.snapshot_on("daily", "ex-d", 1, "900000000000", &format_instant(t - Dur::days(3)))
+        .await;
+    env.snapshot_on("daily", "ex-d", 2, "800000000000", &format_instant(t))
+        .await;
+    env.wait_count(
+        "SELECT count(*) FROM balance_points WHERE account_id IN ('ex-1', 'ex-d')",
+        4,
+    )
+    .await;
+
+    let first = svc.claim_to_end("ex-1", "ex-a").await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let id = first.body["payout_id"].as_str().unwrap();
+    let plain = svc.get(&format!("/v1/payouts/{id}")).await;
+    assert_eq!(
+        (plain.status, &plain.body),
+        (200, &first.body),
+        "the payout as its 201 showed it"
+    );
+    let ex = svc.get(&format!("/v1/payouts/{id}?explain=true")).await;
+    assert_eq!(ex.status, 200, "{ex:?}");
+    assert_explanation_adds_up(&ex.body);
+    let e = &ex.body["explanation"];
+    let intervals = e["intervals"].as_array().unwrap();
+    assert_eq!(intervals.len(), 2, "{e}");
+    assert_eq!(intervals[0]["snapshot_seq"], 1);
+    assert_eq!(
+        intervals[0]["tiers"].as_array().unwrap().len(),
+        2,
+        "both tiers of 80,000,000,000"
+    );
+    assert_eq!(intervals[0]["tiers"][1]["rate_percent"], "4");
+    assert_eq!(
+        intervals[1]["tiers"].as_array().unwrap().len(),
+        1,
+        "30,000,000 is in the first tier"
+    );
+    assert_eq!(e["carry_in"]["units"], "0");
+    assert_eq!(e["adjustment"]["units"], "0");
+
+    // seq 2 arrives late, inside the paid period: its correction is carried
+    // into the next payout, whose explanation names it.
+    env.snapshot_on("tiered", "ex-1", 2, "90000000000", &format_instant(t - Dur::hours(2)))
+        .await;
+    env.wait_count("SELECT count(*) FROM balance_points WHERE account_id = 'ex-1'", 3)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let second = svc.claim_to_end("ex-1", "ex-b").await;
+    assert_eq!(second.status, 201, "{second:?}");
+    let ex2 = svc
+        .get(&format!(
+            "/v1/payouts/{}?explain=true",
+            second.body["payout_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(ex2.status, 200, "{ex2:?}");
+    assert_explanation_adds_up(&ex2.body);
+    let e2 = &ex2.body["explanation"];
+    assert_eq!(
+        e2["carry_in"]["units"], e["carried_out"]["units"],
+        "the first payout's remainder"
+    );
+    assert_ne!(e2["adjustment"]["units"], "0", "{e2}");
+    let snaps = e2["adjustment"]["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 1, "{e2}");
+    assert_eq!(snaps[0]["seq"], 2);
+    assert_eq!(
+        ex2.body["adjustment"],
+        e2["adjustment"]["amount"].as_str().unwrap().split('.').next().unwrap()
+    );
+    // The first payout still explains itself as it was paid (seq 2 came later).
+    let again = svc.get(&format!("/v1/payouts/{id}?explain=true")).await;
+    assert_eq!(again.body, ex.body);
+
+    let daily = svc.claim_to_end("ex-d", "ex-c").await;
+    assert_eq!(daily.status, 201, "{daily:?}");
+    let did = daily.body["payout_id"].as_str().unwrap().to_owned();
+    let exd = svc.get(&format!("/v1/payouts/{did}?explain=true")).await;
+    assert_eq!(exd.status, 200, "{exd:?}");
+    assert_explanation_adds_up(&exd.body);
+    let days = exd.body["explanation"]["intervals"].as_array().unwrap();
+    assert_eq!(days.len(), 3, "three whole days through yesterday: {}", exd.body);
+    assert!(days.iter().all(|d| d["days"] == 1 && d["snapshot_seq"] == 1));
+    assert!(exd.body["period_end"]
+        .as_str()
+        .unwrap()
+        .ends_with("T00:00:00.000+09:00"));
+    assert_eq!(days[2]["to"], exd.body["period_end"]);
+
+    // Retention took the period's points: no explanation rather than a wrong one.
+    sqlx::query("DELETE FROM balance_points WHERE account_id = 'ex-d' AND seq = 1")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let gone = svc.get(&format!("/v1/payouts/{did}?explain=true")).await;
+    assert_eq!(
+        (gone.status, gone.body["code"].as_str()),
+        (410, Some("explanation_expired")),
+        "{gone:?}"
+    );
+    assert_eq!(svc.get(&format!("/v1/payouts/{did}")).await.status, 200);
+
+    let cases = [
+        (
+            "/v1/payouts/00000000-0000-7000-8000-000000000000",
+            404,
+            "unknown_payout",
+        ),
+        ("/v1/payouts/not-a-uuid", 400, "invalid_payout_id"),
+        (&format!("/v1/payouts/{did}?explain=yes") as &str, 400, "invalid_query"),
+        (&format!("/v1/payouts/{did}?verbose=true"), 400, "invalid_query"),
+    ];
+    for (path, status, code) in cases {
+        let r = svc.get(path).await;
+        assert_eq!((r.status, r.body["code"].as_str()), (status, Some(code)), "{path}");
+    }
+    env.drop_db().await;
+}
