@@ -31,6 +31,9 @@ pub enum Command {
         /// Successful claims allowed per account per business date.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         claims_per_day: u32,
+        /// Add to each payout how it was computed (the `explanation` of `GET /v1/payouts/{id}?explain=true`).
+        #[arg(long)]
+        explain: bool,
     },
     /// Run the service: the HTTP API, the partition worker, or both.
     Serve {

@@ -13,11 +13,13 @@ fn main() -> ExitCode {
         events,
         credit_net,
         claims_per_day,
+        explain,
     } = &cli.command
     {
         let opts = simulate::Options {
             credit_net: *credit_net,
             claims_per_day: *claims_per_day,
+            explain: *explain,
         };
         // Script errors read `line N: <reason>`, with nothing in front.
         return match commands::simulate(plans, events, opts) {

@@ -5,6 +5,7 @@
 //! Output: one JSON line per outcome. Amounts are JSON strings holding exact
 //! decimals. A malformed line stops the run with `line N: <reason>`.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
 use chrono::{DateTime, Days, Utc};
@@ -12,9 +13,10 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::claims::{self, Claim, ClaimAnswer, Context, Effects, Input, Message, State};
+use crate::money::explain::{explain, Paid};
 use crate::money::snapshot::decode_fields;
 use crate::money::types::{format_instant, kst_midnight_utc, parse_date, parse_instant};
-use crate::money::{Account, AccountId, IdempotencyKey, PayoutKind, Plans, Refusal, SnapshotOutcome};
+use crate::money::{Account, AccountId, Accrued, IdempotencyKey, PayoutKind, Plans, Refusal, SnapshotOutcome};
 use crate::service::api::{claim_code, claim_status};
 use crate::wire;
 
@@ -23,6 +25,8 @@ pub struct Options {
     /// Credit each payout's net into the balance at the payout instant.
     pub credit_net: bool,
     pub claims_per_day: u32,
+    /// Each payout line carries its explanation (`money::explain`).
+    pub explain: bool,
 }
 
 impl Default for Options {
@@ -30,6 +34,7 @@ impl Default for Options {
         Self {
             credit_net: false,
             claims_per_day: 1,
+            explain: false,
         }
     }
 }
@@ -52,6 +57,17 @@ pub struct Simulator {
     /// The accounts and every idempotency key's first answer, across events.
     state: State,
     now: DateTime<Utc>,
+    /// Per account (`--explain`): the last payout's carried-out remainder
+    /// and the late snapshots that corrected paid interest since it.
+    explained: HashMap<String, ExplainState>,
+    /// Every payout's explanation, by payout id (a replayed answer shows it again).
+    explanations: HashMap<String, Value>,
+}
+
+#[derive(Debug, Default)]
+struct ExplainState {
+    carry: Accrued,
+    corrections: Vec<wire::CorrectionJson>,
 }
 
 impl Simulator {
@@ -61,6 +77,8 @@ impl Simulator {
             opts,
             state: State::default(),
             now: DateTime::<Utc>::MIN_UTC,
+            explained: HashMap::new(),
+            explanations: HashMap::new(),
         }
     }
 
@@ -100,6 +118,9 @@ impl Simulator {
             keys_expired_before: None,
         };
         let fx = claims::decide(&mut self.state, &inputs, &cx, payout_id);
+        if self.opts.explain {
+            self.explain_payouts(&fx);
+        }
         if self.opts.credit_net {
             for p in &fx.payouts {
                 let at = match p.payout.kind {
@@ -111,6 +132,52 @@ impl Simulator {
             }
         }
         fx
+    }
+
+    /// The explanation of each payout just decided, from the account's
+    /// timeline as it stands (before `--credit-net` credits the payout).
+    fn explain_payouts(&mut self, fx: &Effects) {
+        for p in &fx.payouts {
+            let acc = &self.state.accounts[p.account_id.as_str()];
+            let seen = self.explained.entry(p.account_id.to_string()).or_default();
+            let fraction = self.plans.get(&p.payout.plan).expect("paid under it").fraction;
+            let e = explain(
+                &self.plans,
+                acc.points(),
+                (p.payout.period_start.timestamp(), p.payout.period_end.timestamp()),
+                seen.carry,
+                p.payout.carried_in - seen.carry,
+                fraction,
+                p.tax_profile,
+                p.payout.currency,
+            );
+            debug_assert_eq!(e.reproduces(&Paid::of(&p.payout)), Ok(()));
+            let json = wire::explanation(&e, p.payout.currency, &seen.corrections);
+            self.explanations.insert(p.payout_id.clone(), json);
+            *seen = ExplainState {
+                carry: p.payout.carried_out,
+                corrections: Vec::new(),
+            };
+        }
+    }
+
+    /// Remembers a late snapshot that corrected paid interest (`--explain`).
+    fn note_correction(&mut self, account: &str, seq: u64, received: DateTime<Utc>) {
+        let Some(point) = self.state.accounts.get(account).and_then(|a| a.point(seq)) else {
+            return;
+        };
+        let currency = self.state.accounts[account].currency();
+        let correction = wire::CorrectionJson {
+            seq,
+            as_of: format_instant(point.as_of),
+            balance: currency.to_decimal(point.balance).to_string(),
+            received_at: format_instant(received),
+        };
+        self.explained
+            .entry(account.to_owned())
+            .or_default()
+            .corrections
+            .push(correction);
     }
 
     fn snapshot(&mut self, n: usize, obj: &Map<String, Value>) -> Result<Value, String> {
@@ -125,12 +192,20 @@ impl Simulator {
             self.advance(snap.as_of);
         }
         let minor = parsed.as_ref().map(|s| s.currency.minor_digits()).unwrap_or_default();
+        let who = parsed.as_ref().ok().map(|s| (s.account_id.to_string(), s.seq));
         let message = Message::Snapshot {
             parsed,
             raw: Vec::new(),
             key: None,
         };
         let mut fx = self.decide(vec![message], &mut |_| unreachable!("a snapshot pays nothing"));
+        if let (Some((account, seq)), Some(Ok(SnapshotOutcome::Applied { adjustment, .. }))) =
+            (&who, fx.snapshots.last())
+        {
+            if self.opts.explain && *adjustment != Accrued::ZERO {
+                self.note_correction(account, *seq, self.now);
+            }
+        }
         Ok(match fx.snapshots.pop().expect("one snapshot") {
             Ok(outcome @ SnapshotOutcome::Applied { adjustment, .. }) => {
                 json!({"event": n, "snapshot": outcome.label(), "adjustment": adjustment.to_display(minor).to_string()})
@@ -157,7 +232,7 @@ impl Simulator {
         };
         let mut fx = self.decide(vec![Message::Claim(claim)], &mut |_| format!("sim-{n}"));
         let decision = fx.claims.pop().expect("one claim");
-        let mut line = answer_line(n, &decision.answer);
+        let mut line = self.with_explanation(answer_line(n, &decision.answer));
         if decision.replay_of.is_some() {
             line["replayed"] = json!(true);
         }
@@ -184,8 +259,17 @@ impl Simulator {
         Ok(fx
             .payouts
             .into_iter()
-            .map(|p| answer_line(n, &ClaimAnswer::Paid(Box::new(p.body))))
+            .map(|p| self.with_explanation(answer_line(n, &ClaimAnswer::Paid(Box::new(p.body)))))
             .collect())
+    }
+
+    /// A payout line with its explanation, under `--explain`.
+    fn with_explanation(&self, mut line: Value) -> Value {
+        let id = line["payout"]["payout_id"].as_str().map(str::to_owned);
+        if let Some(e) = id.and_then(|id| self.explanations.get(&id)) {
+            line["payout"]["explanation"] = e.clone();
+        }
+        line
     }
 
     fn query(&mut self, n: usize, obj: &Map<String, Value>) -> Result<Value, String> {

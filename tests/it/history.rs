@@ -244,7 +244,7 @@ async fn statements_add_up_to_the_monthly_withholding_report() {
 /// Sums an explanation's parts the way a reader would, and checks them
 /// against the payout it explains: Σ intervals = accrued; accrued + carry +
 /// adjustment = total; floor(total) = gross; gross − Σ taxes = net.
-fn assert_explanation_adds_up(body: &Value) {
+pub(crate) fn assert_explanation_adds_up(body: &Value) {
     use rust_decimal::Decimal;
     let e = &body["explanation"];
     let units = |v: &Value| v["units"].as_str().unwrap().parse::<i128>().unwrap();

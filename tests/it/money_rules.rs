@@ -85,6 +85,7 @@ fn claims_per_day_is_configurable() {
         Options {
             credit_net: false,
             claims_per_day: 2,
+            ..Options::default()
         },
         &script,
     );
@@ -285,6 +286,7 @@ fn credit_net_compounds() {
         Options {
             credit_net: true,
             claims_per_day: 1,
+            ..Options::default()
         },
         &script,
     );

@@ -97,3 +97,52 @@ fn bad_flags_and_files_get_one_line_and_exit_2() {
         .join("examples/plans.json")
         .exists());
 }
+
+/// `simulate --explain` (issue 12 item 5): every payout line carries the
+/// explanation the API serves, adding up to the payout; the late snapshots
+/// that corrected alice's paid interest are listed under her next payout's
+/// adjustment, and the carry is the previous payout's remainder.
+#[test]
+fn explain_adds_an_explanation_that_sums_to_each_payout() {
+    let out = simulate(&[
+        "--plans",
+        "examples/plans.json",
+        "--events",
+        "examples/events.jsonl",
+        "--explain",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = lines(&out);
+    let paid: Vec<&serde_json::Value> = v.iter().filter(|l| l["payout"].is_object()).collect();
+    assert!(paid.len() >= 5);
+    for line in &paid {
+        crate::history::assert_explanation_adds_up(&line["payout"]);
+    }
+    let mut alice: Vec<&serde_json::Value> = paid
+        .iter()
+        .map(|l| &l["payout"])
+        .filter(|p| p["account_id"] == "alice")
+        .collect();
+    alice.dedup_by_key(|p| p["payout_id"].clone()); // a replay repeats its payout
+    let last = alice.last().unwrap();
+    let seqs: Vec<u64> = last["explanation"]["adjustment"]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 4], "{last}");
+    assert_ne!(last["explanation"]["adjustment"]["units"], "0");
+    for w in alice.windows(2) {
+        assert_eq!(w[1]["explanation"]["carry_in"], w[0]["explanation"]["carried_out"]);
+    }
+    // Without the flag, nothing changes in the output.
+    let plain = simulate(&["--plans", "examples/plans.json", "--events", "examples/events.jsonl"]);
+    let mut stripped = v.clone();
+    for l in &mut stripped {
+        if let Some(p) = l.get_mut("payout").and_then(|p| p.as_object_mut()) {
+            p.remove("explanation");
+        }
+    }
+    assert_eq!(stripped, lines(&plain));
+}
