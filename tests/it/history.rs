@@ -399,3 +399,68 @@ async fn a_payout_explains_itself_exactly() {
     }
     env.drop_db().await;
 }
+
+/// Paging the history while the account keeps being paid (issue 12, "no
+/// item lost or repeated under concurrent new payouts"): every payout that
+/// existed when paging began is seen exactly once; the keyset cursor keeps
+/// newer payouts (which sort before it) from shifting the pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_while_new_payouts_arrive_loses_and_repeats_nothing() {
+    let env = Env::new(2).await;
+    let svc = env.serve("all", &[("CLAIMS_PER_DAY", "50")]).await;
+    env.snapshot("hist-c", 1, "1000000000000", &format_instant(now() - Dur::hours(1)))
+        .await;
+    env.wait_accounts(1).await;
+    let mut before = Vec::new();
+    for i in 0..6 {
+        let a = svc.claim_to_end("hist-c", &format!("c-{i}")).await;
+        assert_eq!(a.status, 201, "{a:?}");
+        before.push(a.body["payout_id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+    let api = svc.api.clone();
+    let more = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            let a = api.claim_to_end("hist-c", &format!("c-new-{i}")).await;
+            assert_eq!(a.status, 201, "{a:?}");
+            ids.push(a.body["payout_id"].as_str().unwrap().to_owned());
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+        }
+        ids
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut path = "/v1/accounts/hist-c/interest/payouts?limit=2".to_owned();
+    loop {
+        let page = svc.get(&path).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        seen.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["payout_id"].as_str().unwrap().to_owned()),
+        );
+        match page.body["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/accounts/hist-c/interest/payouts?limit=2&cursor={c}"),
+            None => break,
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await; // new payouts land between pages
+    }
+    let new = more.await.unwrap();
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no payout twice: {seen:?}");
+    for id in &before {
+        assert!(seen.contains(id), "{id} lost: {seen:?}");
+    }
+    assert!(seen.iter().all(|id| before.contains(id) || new.contains(id)));
+    let all = svc.get("/v1/accounts/hist-c/interest/payouts?limit=100").await;
+    assert_eq!(
+        all.body["items"].as_array().unwrap().len(),
+        10,
+        "every payout is in the history afterwards"
+    );
+    env.drop_db().await;
+}
