@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::money::accrual::{Span, DISPLAY_DECIMALS};
+use crate::money::accrual::{Interval, Span, DISPLAY_DECIMALS};
 use crate::money::explain::Explanation;
 use crate::money::plan::TierJson;
 use crate::money::types::format_instant;
@@ -132,43 +132,7 @@ pub fn explanation(e: &Explanation, currency: Currency, corrections: &[Correctio
     let digits = currency.minor_digits();
     let exact = |a: Accrued| json!({ "amount": a.to_display(digits).to_string(), "units": a.0.to_string() });
     let amt = |m: Minor| currency.to_decimal(m).to_string();
-    let instant = |s: i64| format_instant(Utc.timestamp_opt(s, 0).single().expect("in range"));
-    let intervals: Vec<Value> = e
-        .intervals
-        .iter()
-        .map(|i| {
-            let tiers: Vec<Value> = i
-                .entry
-                .tier_parts(i.point.balance)
-                .map(|t| {
-                    json!({
-                        "from": amt(t.from),
-                        "up_to": t.tier.up_to.map(amt),
-                        "part": amt(t.part),
-                        "rate_percent": t.tier.rate.to_decimal().to_string(),
-                    })
-                })
-                .collect();
-            let (count_key, count) = match i.span {
-                Span::Seconds(n) => ("seconds", n),
-                Span::Days(n) => ("days", n),
-            };
-            json!({
-                "from": instant(i.from),
-                "to": instant(i.to),
-                "snapshot_seq": i.point.seq,
-                "balance": amt(i.point.balance),
-                "plan": i.plan.id,
-                "accrual": i.plan.accrual.as_str(),
-                "day_count": i.plan.day_count.as_str(),
-                "year_days": i.year_days,
-                "rate_effective_from": format_instant(i.entry.effective_from),
-                "tiers": tiers,
-                count_key: count,
-                "accrued": exact(i.units),
-            })
-        })
-        .collect();
+    let intervals: Vec<Value> = e.intervals.iter().map(|i| interval_json(i, currency)).collect();
     let taxes: Vec<Value> = e
         .taxes
         .iter()
@@ -200,5 +164,44 @@ pub fn explanation(e: &Explanation, currency: Currency, corrections: &[Correctio
         "dropped": exact(e.dropped),
         "taxes": taxes,
         "net": amt(e.net),
+    })
+}
+
+/// One interval of an explanation: its balance, plan, tier parts and rates,
+/// day count, the seconds or day closes, and the exact accrual.
+fn interval_json(i: &Interval, currency: Currency) -> Value {
+    use serde_json::json;
+    let digits = currency.minor_digits();
+    let amt = |m: Minor| currency.to_decimal(m).to_string();
+    let instant = |s: i64| format_instant(Utc.timestamp_opt(s, 0).single().expect("in range"));
+    let tiers: Vec<Value> = i
+        .entry
+        .tier_parts(i.point.balance)
+        .map(|t| {
+            json!({
+                "from": amt(t.from),
+                "up_to": t.tier.up_to.map(amt),
+                "part": amt(t.part),
+                "rate_percent": t.tier.rate.to_decimal().to_string(),
+            })
+        })
+        .collect();
+    let (count_key, count) = match i.span {
+        Span::Seconds(n) => ("seconds", n),
+        Span::Days(n) => ("days", n),
+    };
+    json!({
+        "from": instant(i.from),
+        "to": instant(i.to),
+        "snapshot_seq": i.point.seq,
+        "balance": amt(i.point.balance),
+        "plan": i.plan.id,
+        "accrual": i.plan.accrual.as_str(),
+        "day_count": i.plan.day_count.as_str(),
+        "year_days": i.year_days,
+        "rate_effective_from": format_instant(i.entry.effective_from),
+        "tiers": tiers,
+        count_key: count,
+        "accrued": { "amount": i.units.to_display(digits).to_string(), "units": i.units.0.to_string() },
     })
 }

@@ -90,22 +90,7 @@ pub async fn payout_by_id(pool: &PgPool, payout_id: Uuid) -> anyhow::Result<Opti
 pub async fn explain_inputs(pool: &PgPool, p: &StoredPayout) -> anyhow::Result<ExplainInputs> {
     let start = crate::store::secs_utc(p.paid.period_start);
     let end = crate::store::secs_utc(p.paid.period_end);
-    let previous = sqlx::query(
-        "SELECT carried_out_units::text AS cou, paid_at FROM interest_payouts
-         WHERE account_id = $1 AND payout_id <> $2 AND period_end <= $3 AND paid_at <= $4
-         ORDER BY period_end DESC, paid_at DESC, accepted_at DESC LIMIT 1",
-    )
-    .bind(&p.account_id)
-    .bind(Uuid::parse_str(&p.json.payout_id)?)
-    .bind(start)
-    .bind(p.paid_at)
-    .fetch_optional(pool)
-    .await
-    .context("reading the previous payout")?;
-    let (carry_in, since) = match previous {
-        Some(r) => (units_parse(r.get("cou"))?, Some(r.get::<DateTime<Utc>, _>("paid_at"))),
-        None => (Accrued::ZERO, None),
-    };
+    let (carry_in, since) = previous_payout(pool, p).await?;
     // From the point in force at the start as the payout knew it (received by
     // then); a point received later may start later, and loads with the rest.
     let rows = sqlx::query(
@@ -138,7 +123,47 @@ pub async fn explain_inputs(pool: &PgPool, p: &StoredPayout) -> anyhow::Result<E
         };
         points.push((point, r.get::<DateTime<Utc>, _>("received_at")));
     }
-    let corrections = sqlx::query(
+    let corrections = if carry_in == p.paid.carried_in {
+        Vec::new() // no adjustment came in: points received meanwhile were not corrections
+    } else {
+        corrections(pool, p, since).await?
+    };
+    Ok(ExplainInputs {
+        points,
+        carry_in,
+        corrections,
+    })
+}
+
+/// The previous payout's carried-out remainder and when it was paid (none: zero, never).
+async fn previous_payout(pool: &PgPool, p: &StoredPayout) -> anyhow::Result<(Accrued, Option<DateTime<Utc>>)> {
+    let start = crate::store::secs_utc(p.paid.period_start);
+    let previous = sqlx::query(
+        "SELECT carried_out_units::text AS cou, paid_at FROM interest_payouts
+         WHERE account_id = $1 AND payout_id <> $2 AND period_end <= $3 AND paid_at <= $4
+         ORDER BY period_end DESC, paid_at DESC, accepted_at DESC LIMIT 1",
+    )
+    .bind(&p.account_id)
+    .bind(Uuid::parse_str(&p.json.payout_id)?)
+    .bind(start)
+    .bind(p.paid_at)
+    .fetch_optional(pool)
+    .await
+    .context("reading the previous payout")?;
+    Ok(match previous {
+        Some(r) => (units_parse(r.get("cou"))?, Some(r.get::<DateTime<Utc>, _>("paid_at"))),
+        None => (Accrued::ZERO, None),
+    })
+}
+
+/// The late snapshots of already-paid intervals received between the previous payout and this one.
+async fn corrections(
+    pool: &PgPool,
+    p: &StoredPayout,
+    since: Option<DateTime<Utc>>,
+) -> anyhow::Result<Vec<CorrectionJson>> {
+    let start = crate::store::secs_utc(p.paid.period_start);
+    let rows = sqlx::query(
         "SELECT seq, as_of, balance::text AS balance, received_at FROM balance_points
          WHERE account_id = $1 AND ($2::timestamptz IS NULL OR received_at > $2) AND received_at <= $3
            AND as_of < $4
@@ -151,22 +176,13 @@ pub async fn explain_inputs(pool: &PgPool, p: &StoredPayout) -> anyhow::Result<E
     .fetch_all(pool)
     .await
     .context("reading the corrections")?;
-    let corrections = if carry_in == p.paid.carried_in {
-        Vec::new() // no adjustment came in: points received meanwhile were not corrections
-    } else {
-        corrections
-            .iter()
-            .map(|r| CorrectionJson {
-                seq: r.get::<i64, _>("seq") as u64,
-                as_of: format_instant(r.get("as_of")),
-                balance: r.get("balance"),
-                received_at: format_instant(r.get("received_at")),
-            })
-            .collect()
-    };
-    Ok(ExplainInputs {
-        points,
-        carry_in,
-        corrections,
-    })
+    Ok(rows
+        .iter()
+        .map(|r| CorrectionJson {
+            seq: r.get::<i64, _>("seq") as u64,
+            as_of: format_instant(r.get("as_of")),
+            balance: r.get("balance"),
+            received_at: format_instant(r.get("received_at")),
+        })
+        .collect())
 }
