@@ -1,6 +1,7 @@
 //! Payouts and their outbox: written with the batch, published by the relay.
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -22,7 +23,9 @@ pub struct PayoutRow {
     pub body: PayoutJson,
 }
 
-pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Result<()> {
+/// `paid_at` is the batch's clock reading, the one its balance points get as
+/// `received_at`, so an explanation can tell which points a payout knew.
+pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow], paid_at: DateTime<Utc>) -> anyhow::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -34,9 +37,9 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
     sqlx::query(
         "INSERT INTO interest_payouts (payout_id, claim_id, account_id, kind, business_date, period_start, period_end,
              plan_id, rates, gross, income_tax, local_tax, rural_tax, adjustment, net, currency, idempotency_key, accepted_at,
-             accrued_units, carried_in_units, carried_out_units, dropped_units, tax_profile)
+             accrued_units, carried_in_units, carried_out_units, dropped_units, tax_profile, paid_at)
          SELECT id, cid, a, k, d, ps, pe, plan, rates::jsonb, g::numeric, it::numeric, lt::numeric, rt::numeric,
-                adj::numeric, n::numeric, cur, ik, acc, au::numeric, ci::numeric, co::numeric, du::numeric, tp
+                adj::numeric, n::numeric, cur, ik, acc, au::numeric, ci::numeric, co::numeric, du::numeric, tp, $24
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::date[], $6::timestamptz[], $7::timestamptz[],
                      $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
                      $16::text[], $17::text[], $18::timestamptz[], $19::text[], $20::text[], $21::text[], $22::text[],
@@ -66,6 +69,7 @@ pub async fn insert_payouts(tx: &mut Tx<'_>, rows: &[PayoutRow]) -> anyhow::Resu
     .bind(rows.iter().map(|r| units_text(r.payout.carried_out)).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| units_text(r.payout.dropped)).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.tax_profile.as_str()).collect::<Vec<_>>())
+    .bind(paid_at)
     .execute(&mut **tx)
     .await
     .context("inserting payouts")?;

@@ -546,7 +546,7 @@ async fn write(
     store::store_accounts(tx, &touched).await?;
     store::insert_points(tx, &fx.new_points, now).await?;
     store::store_claim_results(tx, &rows.claims).await?;
-    store::insert_payouts(tx, &rows.payouts).await?;
+    store::insert_payouts(tx, &rows.payouts, now).await?;
     store::insert_dead_letters(tx, &rows.dead_letters).await?;
     let fenced = store::commit_offsets(tx, commits).await?;
     if !fenced.is_empty() {
