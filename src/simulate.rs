@@ -141,17 +141,17 @@ impl Simulator {
             let acc = &self.state.accounts[p.account_id.as_str()];
             let seen = self.explained.entry(p.account_id.to_string()).or_default();
             let fraction = self.plans.get(&p.payout.plan).expect("paid under it").fraction;
+            let paid = Paid::of(&p.payout);
             let e = explain(
                 &self.plans,
                 acc.points(),
-                (p.payout.period_start.timestamp(), p.payout.period_end.timestamp()),
+                &paid,
                 seen.carry,
-                p.payout.carried_in - seen.carry,
                 fraction,
                 p.tax_profile,
                 p.payout.currency,
             );
-            debug_assert_eq!(e.reproduces(&Paid::of(&p.payout)), Ok(()));
+            debug_assert_eq!(e.reproduces(&paid), Ok(()));
             let json = wire::explanation(&e, p.payout.currency, &seen.corrections);
             self.explanations.insert(p.payout_id.clone(), json);
             *seen = ExplainState {

@@ -51,23 +51,22 @@ pub struct Explanation<'a> {
     pub net: Minor,
 }
 
-/// Explains the payout of `[period_start, period_end)` on `points` (the
-/// timeline as it was when the payout was decided: the point in force at
-/// `period_start` and every later one), under the fraction rule of the plan
-/// in force at the end, with `carry_in` from the previous payout and
-/// `adjustment_in` the corrections it brought in.
-#[allow(clippy::too_many_arguments)]
+/// Explains `paid`, the payout of `[period_start, period_end)`, on `points`
+/// (the timeline as it was when the payout was decided: the point in force
+/// at `period_start` and every later one), under the fraction rule of the
+/// plan in force at the end, with `carry_in` from the previous payout: the
+/// rest of what it brought in is the adjustment (corrections).
 pub fn explain<'a>(
     plans: &'a Plans,
     points: &'a [Point],
-    period: (EpochSecs, EpochSecs),
+    paid: &Paid,
     carry_in: Accrued,
-    adjustment_in: Accrued,
     fraction: FractionRule,
     profile: TaxProfile,
     currency: Currency,
 ) -> Explanation<'a> {
-    let intervals = intervals(plans, points, period.0, period.1);
+    let adjustment_in = paid.carried_in - carry_in;
+    let intervals = intervals(plans, points, paid.period_start, paid.period_end);
     let accrued: Accrued = intervals.iter().map(|i| i.units).sum();
     let total = accrued + carry_in + adjustment_in;
     // Floor: toward negative infinity (a negative total pays nothing).
@@ -96,7 +95,8 @@ pub fn explain<'a>(
 }
 
 impl Explanation<'_> {
-    /// Every amount the payout states, reproduced exactly; else the first that is not.
+    /// Every amount the payout states, reproduced exactly; else the first
+    /// that is not (what it brought in, `carried_in`, is an input).
     pub fn reproduces(&self, paid: &Paid) -> Result<(), &'static str> {
         let tax = |k| {
             self.taxes
@@ -108,7 +108,6 @@ impl Explanation<'_> {
         use super::tax::TaxKind::*;
         let checks = [
             (self.accrued == paid.accrued, "accrued"),
-            (self.carry_in + self.adjustment_in == paid.carried_in, "carried_in"),
             (self.gross == paid.gross, "gross"),
             (self.carried_out == paid.carried_out, "carried_out"),
             (self.dropped == paid.dropped, "dropped"),

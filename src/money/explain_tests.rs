@@ -156,17 +156,17 @@ fn check(
 ) -> Result<(), TestCaseError> {
     let fraction = plans.get(&p.plan).unwrap().fraction;
     let period = (p.period_start.timestamp(), p.period_end.timestamp());
+    let paid = Paid::of(p);
     let e = explain(
         plans,
         account.points(),
-        period,
+        &paid,
         carry_in,
-        p.carried_in - carry_in,
         fraction,
         profile,
         Currency::KRW,
     );
-    prop_assert_eq!(e.reproduces(&Paid::of(p)), Ok(()), "{:?}", p);
+    prop_assert_eq!(e.reproduces(&paid), Ok(()), "{:?}", p);
     // The intervals are in time order, without overlap, inside the period
     // (a day close counts when its close falls in (start, end]).
     for w in e.intervals.windows(2) {
@@ -196,6 +196,24 @@ proptest! {
     }
 }
 
+/// A first payout (nothing carried in) of a `carry` plan in won.
+fn explain_krw<'a>(
+    plans: &'a Plans,
+    points: &'a [crate::money::Point],
+    paid: &Paid,
+    profile: TaxProfile,
+) -> super::Explanation<'a> {
+    explain(
+        plans,
+        points,
+        paid,
+        Accrued::ZERO,
+        FractionRule::Carry,
+        profile,
+        Currency::KRW,
+    )
+}
+
 /// The public example: 50,000,000 won for one day at 2.0% — one interval of
 /// 86,400 seconds, gross 2,739, taxes 380 + 30, net 2,329, the remainder carried.
 #[test]
@@ -206,17 +224,10 @@ fn one_day_at_two_percent_explained() {
     let p = account
         .claim(&plans, Utc.timestamp_opt(T0 + DAY, 0).unwrap(), 1)
         .unwrap();
-    let e = explain(
-        &plans,
-        account.points(),
-        (T0, T0 + DAY),
-        Accrued::ZERO,
-        Accrued::ZERO,
-        FractionRule::Carry,
-        TaxProfile::Standard,
-        Currency::KRW,
-    );
-    assert_eq!(e.reproduces(&Paid::of(&p)), Ok(()));
+    let paid = Paid::of(&p);
+    assert_eq!((paid.period_start, paid.period_end), (T0, T0 + DAY));
+    let e = explain_krw(&plans, account.points(), &paid, TaxProfile::Standard);
+    assert_eq!(e.reproduces(&paid), Ok(()));
     assert_eq!(e.intervals.len(), 1);
     assert_eq!(e.intervals[0].span, Span::Seconds(DAY));
     assert_eq!(e.intervals[0].year_days, 365);
@@ -243,15 +254,7 @@ fn an_explanation_from_the_wrong_timeline_does_not_reproduce() {
         .claim(&plans, Utc.timestamp_opt(T0 + DAY, 0).unwrap(), 1)
         .unwrap();
     let only_first = &account.points()[..1];
-    let e = explain(
-        &plans,
-        only_first,
-        (T0, T0 + DAY),
-        Accrued::ZERO,
-        Accrued::ZERO,
-        FractionRule::Carry,
-        TaxProfile::Standard,
-        Currency::KRW,
-    );
-    assert_eq!(e.reproduces(&Paid::of(&p)), Err("accrued"));
+    let paid = Paid::of(&p);
+    let e = explain_krw(&plans, only_first, &paid, TaxProfile::Standard);
+    assert_eq!(e.reproduces(&paid), Err("accrued"));
 }

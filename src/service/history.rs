@@ -165,9 +165,8 @@ fn explain_stored(plans: &Plans, p: &store::StoredPayout, inputs: &store::Explai
         let e = explain(
             plans,
             points,
-            (p.paid.period_start, p.paid.period_end),
+            &p.paid,
             inputs.carry_in,
-            p.paid.carried_in - inputs.carry_in,
             plan.fraction,
             p.tax_profile,
             p.currency,
