@@ -107,6 +107,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
             application_name: "interest-now-maintain",
             log_statements: false,
             jit: false,
+            lock_timeout_ms: None,
         },
     )
     .await?;

@@ -163,6 +163,7 @@ pub async fn connect(settings: &Settings, max_connections: u32, quiet: bool) -> 
         application_name: APPLICATION_NAME,
         log_statements: !quiet,
         jit: false,
+        lock_timeout_ms: None,
     };
     crate::store::connect_as(&settings.database_url, max_connections, &session).await
 }

@@ -60,6 +60,14 @@ pub struct ApiPools {
 /// Connections of each API pool.
 pub const CLAIM_POOL_SIZE: u32 = 16;
 pub const READ_POOL_SIZE: u32 = 8;
+/// `lock_timeout` of the claim pool's statements (reserving, queueing and
+/// withdrawing a key): a key row is locked only by a worker's batch that
+/// holds its claim, normally for milliseconds. A frozen or cut-off worker
+/// holds it until PostgreSQL ends its transaction; waiting that long would
+/// hold a claim-pool connection per retry and stall every claim grouped
+/// with it (`reserve`). Below `SETTLE_STEP`, so the server gives up before
+/// the request does and the connection returns to the pool clean.
+pub const KEY_LOCK_TIMEOUT_MS: u32 = 300;
 /// `GET` requests holding or waiting for a read connection at once, at most.
 pub const READS_IN_FLIGHT_MAX: usize = 256;
 

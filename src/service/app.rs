@@ -235,7 +235,15 @@ const HEALTH_POOL_SIZE: u32 = 2;
 async fn api_state(shared: &Shared) -> anyhow::Result<ApiState> {
     let url = &shared.settings.database_url;
     let pools = api::ApiPools {
-        claims: store::connect(url, api::CLAIM_POOL_SIZE).await?,
+        claims: store::connect_as(
+            url,
+            api::CLAIM_POOL_SIZE,
+            &store::Session {
+                lock_timeout_ms: Some(api::KEY_LOCK_TIMEOUT_MS),
+                ..store::Session::SERVICE
+            },
+        )
+        .await?,
         reads: store::connect(url, api::READ_POOL_SIZE).await?,
         health: shared.health.clone(),
     };

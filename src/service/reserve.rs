@@ -9,8 +9,10 @@
 //! statements carry the reservations, not what a reservation means.
 
 use std::collections::HashSet;
+
 use std::sync::Arc;
 use std::time::Duration;
+use uuid::Uuid;
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -95,7 +97,7 @@ async fn reserve_batch(pool: &PgPool, ttl: Duration, batch: Vec<Request>) {
         .filter(|(_, f)| **f)
         .map(|(r, _)| r.row.clone())
         .collect();
-    let outcome = store::reserve_keys(pool, &rows, ttl).await.map_err(Arc::new);
+    let outcome = reserve_rows(pool, rows, ttl).await.map_err(Arc::new);
     for (r, first) in batch.into_iter().zip(first) {
         let answer = match &outcome {
             Ok(reserved) => Ok(first && reserved.contains(&r.row.claim_id)),
@@ -104,5 +106,34 @@ async fn reserve_batch(pool: &PgPool, ttl: Duration, batch: Vec<Request>) {
         // A request that stopped waiting (its deadline passed) is gone: its
         // `pending` row goes stale and is withdrawn by the next request with the key.
         let _ = r.reply.send(answer);
+    }
+}
+
+/// Times one statement of a batch may give up on a locked row and be
+/// retried without the keys found locked.
+const LOCKED_RETRIES_MAX: usize = 3;
+
+/// Reserves `rows` in one statement. A key row locked by a worker's batch
+/// (a retry of a claim that batch holds, or a frozen worker's batch) makes
+/// the statement give up after the pool's `lock_timeout` instead of holding
+/// the whole group until that batch ends: the keys found locked then are
+/// answered "held" (the request reads the row and answers 202 or 409, as
+/// for any claim in flight) and the others are reserved again at once.
+async fn reserve_rows(pool: &PgPool, mut rows: Vec<Reservation>, ttl: Duration) -> anyhow::Result<HashSet<Uuid>> {
+    let mut tries = 0;
+    loop {
+        match store::reserve_keys(pool, &rows, ttl).await {
+            Err(e) if store::is_lock_timeout(&e) && tries < LOCKED_RETRIES_MAX => {
+                tries += 1;
+                let keys: Vec<&ScopedKey> = rows.iter().map(|r| &r.key).collect();
+                let locked = store::locked_keys(pool, &keys).await?;
+                tracing::info!(event = "key_rows_locked", keys = rows.len(), locked = locked.len());
+                rows.retain(|r| !locked.contains(&r.key));
+                if rows.is_empty() {
+                    return Ok(HashSet::new());
+                }
+            }
+            outcome => return outcome,
+        }
     }
 }

@@ -352,6 +352,33 @@ pub async fn reserve_keys(
     Ok(reserved.into_iter().collect())
 }
 
+/// Which of `keys` have a row another transaction holds locked right now
+/// (a worker's batch holding its claim): asked with `SKIP LOCKED`, so it
+/// never waits. The locks it takes itself end with the statement.
+pub async fn locked_keys(pool: &PgPool, keys: &[&ScopedKey]) -> anyhow::Result<std::collections::HashSet<ScopedKey>> {
+    let rows = sqlx::query(
+        "WITH q AS (SELECT * FROM unnest($1::text[], $2::text[]) AS q(c, key)),
+              free AS (SELECT k.client_id, k.idempotency_key FROM idempotency_keys k
+                       JOIN q ON k.client_id = q.c AND k.idempotency_key = q.key
+                       FOR UPDATE OF k SKIP LOCKED)
+         SELECT k.client_id, k.idempotency_key FROM idempotency_keys k
+         JOIN q ON k.client_id = q.c AND k.idempotency_key = q.key
+         EXCEPT SELECT client_id, idempotency_key FROM free",
+    )
+    .bind(keys.iter().map(|k| k.client.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await
+    .context("asking which idempotency keys are locked")?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ScopedKey {
+            client: r.get("client_id"),
+            key: r.get("idempotency_key"),
+        })
+        .collect())
+}
+
 /// The row that holds `key`, read after a reservation failed (`None`: it
 /// is gone meanwhile; try once more).
 pub async fn read_key(pool: &PgPool, key: &ScopedKey) -> anyhow::Result<Option<HeldKey>> {

@@ -46,12 +46,7 @@ pub type Tx<'a> = Transaction<'a, Postgres>;
 /// multi-host `DATABASE_URL` (or `target_session_attrs=read-write`) gives a
 /// pool that follows a failover to the read-write host ([`failover`]).
 pub async fn connect(url: &secrecy::SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
-    let session = Session {
-        application_name: "interest-now",
-        log_statements: true,
-        jit: true,
-    };
-    connect_as(url, max_connections, &session).await
+    connect_as(url, max_connections, &Session::SERVICE).await
 }
 
 /// How a pool's sessions present themselves and run.
@@ -67,6 +62,21 @@ pub struct Session<'a> {
     /// JIT cost threshold each one paid tens of milliseconds of compilation,
     /// so a night's close grew with the bank's age (docs/CAPACITY.md, aged).
     pub jit: bool,
+    /// `lock_timeout` of every statement: a statement that would wait longer
+    /// for a row another transaction holds fails with SQLSTATE 55P03
+    /// ([`is_lock_timeout`]) instead of waiting, so its connection comes back
+    /// to the pool. `None`: PostgreSQL's default (wait).
+    pub lock_timeout_ms: Option<u32>,
+}
+
+impl Session<'static> {
+    /// The service's sessions ([`connect`]).
+    pub const SERVICE: Session<'static> = Session {
+        application_name: "interest-now",
+        log_statements: true,
+        jit: true,
+        lock_timeout_ms: None,
+    };
 }
 
 /// Like [`connect`], with the sessions' [`Session`] settings.
@@ -87,6 +97,9 @@ pub async fn connect_as(
         if !session.jit {
             options = options.options([("jit", "off")]);
         }
+        if let Some(ms) = session.lock_timeout_ms {
+            options = options.options([("lock_timeout", ms.to_string())]);
+        }
         hosts.push(failover::Host {
             label: host.label,
             options,
@@ -102,6 +115,33 @@ pub async fn connect_as(
         pool_options.connect_with(single).await.map_err(anyhow::Error::from)
     };
     pool.context("connecting to PostgreSQL")
+}
+
+/// Whether `error` is a statement that gave up waiting for a lock
+/// (`lock_timeout`, SQLSTATE 55P03), wherever it sits in the chain.
+pub fn is_lock_timeout(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<sqlx::Error>()
+            .and_then(sqlx::Error::as_database_error)
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "55P03")
+    })
+}
+
+/// Begins a worker batch's transaction, which PostgreSQL ends (killing the
+/// session) if it sits idle longer than `idle_limit` between statements: a
+/// worker frozen or cut off mid-batch holds its accounts' and keys' row
+/// locks only that long, not until it wakes, so the worker that takes its
+/// partitions over is not stalled behind them (docs/RELIABILITY.md, drill 2).
+/// What the frozen worker held is rolled back; when it wakes, its batch fails
+/// and is retried under the fencing epoch, which refuses it.
+pub async fn begin_batch(pool: &PgPool, idle_limit: Duration) -> anyhow::Result<Tx<'static>> {
+    let mut tx = pool.begin().await?;
+    let ms = idle_limit.as_millis().clamp(1, i32::MAX as u128);
+    sqlx::query(&format!("SET LOCAL idle_in_transaction_session_timeout = {ms}"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// A database round trip within `limit`: the health probe of readiness and

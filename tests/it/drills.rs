@@ -597,14 +597,21 @@ async fn a_frozen_worker_s_partitions_move_and_its_batch_is_fenced() {
     let apis = Arc::new(RwLock::new(vec![api.api.clone()]));
     let t0 = Instant::now();
     let pid = frozen_worker.child.id();
-    let (claims, ()) = tokio::join!(downstream::load(apis, plan, t0), async {
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn(frozen::sample_lock_waits(env.pool.clone(), stop_sampling.clone()));
+    let (claims, caught) = tokio::join!(downstream::load(apis, plan, t0), async {
         tokio::time::sleep_until((t0 + Duration::from_secs(plan.before_s)).into()).await;
-        frozen::signal(pid, "-STOP");
+        let caught = frozen::stop_mid_batch(&env.pool, pid, 40).await;
         tokio::time::sleep(Duration::from_secs(plan.outage_s)).await;
         frozen::signal(pid, "-CONT");
+        caught
     });
+    stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
+    let lock_waits = sampler.await.unwrap();
     let audited = audit_keys(&env, &claims).await;
-    let figures = frozen_figures(plan, &claims, audited, &live, [&survivor, &frozen_worker], joined);
+    let mut figures = frozen_figures(plan, &claims, audited, &live, [&survivor, &frozen_worker], joined);
+    figures["lock_waits"] = serde_json::to_value(lock_waits).unwrap();
+    figures["stopped_mid_batch_after_tries"] = serde_json::json!(caught);
     println!("drill: {figures}");
     let svg = claims_timeline(plan, &claims, "frozen worker: SIGSTOP (shaded)");
     println!("timeline: {}", timeline::write("frozen", &svg, &figures).display());

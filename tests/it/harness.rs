@@ -53,7 +53,12 @@ impl Env {
     pub async fn with_brokers(partitions: i32, brokers: String) -> Env {
         let spec = harness::Spec {
             product: harness::Product {
-                bin: env!("CARGO_BIN_EXE_interest-now").into(),
+                // `DRILL_PRODUCT_BIN`: run a drill against another build of
+                // the service (a before/after pair); the suite's own otherwise.
+                bin: std::env::var_os("DRILL_PRODUCT_BIN")
+                    .filter(|b| !b.is_empty())
+                    .map(Into::into)
+                    .unwrap_or_else(|| env!("CARGO_BIN_EXE_interest-now").into()),
                 dir: env!("CARGO_MANIFEST_DIR").into(),
             },
             admin_db_url: admin_db_url(),

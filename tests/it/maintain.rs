@@ -607,6 +607,7 @@ async fn the_batch_commands_sessions_run_without_jit() {
         application_name: "interest-now-finance",
         log_statements: false,
         jit: false,
+        lock_timeout_ms: None,
     };
     let show = |pool: sqlx::PgPool| async move {
         let v: String = sqlx::query_scalar("SHOW jit").fetch_one(&pool).await.unwrap();

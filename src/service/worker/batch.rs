@@ -63,7 +63,7 @@ impl Worker {
             .filter_map(|m| Some((self.decode(m, &plans)?, m.offset())))
             .unzip();
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await.map_err(anyhow::Error::from)?;
+        let mut tx = store::begin_batch(&self.pool, self.idle_in_batch_limit()).await?;
         let mut state = load(&mut tx, &inputs, now).await?;
         // Accounts may name a plan imported since our last reload (another
         // process applied a snapshot on it): reload, or fail and retry the batch.

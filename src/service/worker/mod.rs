@@ -134,6 +134,17 @@ const STANDBY_READY_AFTER: Duration = Duration::from_secs(15);
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 impl Worker {
+    /// How long a batch's transaction may sit idle between statements
+    /// before PostgreSQL ends it ([`store::begin_batch`]): the consumer
+    /// group's session timeout. A worker silent that long has lost its
+    /// partitions to another worker, so its batch can only be refused by
+    /// the fencing epoch; ending it then frees the rows the new owner needs
+    /// at about the moment the new owner starts. A healthy batch is idle
+    /// between statements only while it computes, milliseconds per batch.
+    fn idle_in_batch_limit(&self) -> Duration {
+        Duration::from_millis(self.settings.kafka_liveness.session_timeout_ms.into())
+    }
+
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let log = Arc::new(Mutex::new(RebalanceLog::default()));
         let consumer: StreamConsumer<WorkerContext> = kafka::consumer_config(&self.settings)

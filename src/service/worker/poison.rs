@@ -132,7 +132,7 @@ impl Worker {
             next: m.offset() + 1,
             epoch: owned[&at].epoch,
         };
-        let mut tx = self.pool.begin().await.map_err(anyhow::Error::from)?;
+        let mut tx = store::begin_batch(&self.pool, self.idle_in_batch_limit()).await?;
         let aside = self.move_aside(&mut tx, m, &reason).await?;
         let fenced = store::commit_offsets(&mut tx, &[commit]).await?;
         if !fenced.is_empty() {
